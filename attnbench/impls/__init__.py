@@ -1,0 +1,1 @@
+"""Built-in implementations: each module is a plugin registered like any third-party one."""

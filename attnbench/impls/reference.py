@@ -1,0 +1,45 @@
+"""``reference``: float64 math attention, the correctness oracle (listed, never ranked)."""
+
+from __future__ import annotations
+
+import torch
+
+from attnbench.case import Case
+from attnbench.hookspecs import hookimpl
+from attnbench.implementation import Implementation
+from attnbench.masks import MASKS, dense_mask
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    """Exact attention computed in float64 on q's device; returns float64."""
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    if case.gqa:
+        k = k.repeat_interleave(case.group_size, dim=1)
+        v = v.repeat_interleave(case.group_size, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * case.softmax_scale
+    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=q.device)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def build(case: Case):
+    def reference(q, k, v):
+        return reference_attention(q, k, v, case).to(q.dtype)
+
+    return reference
+
+
+@hookimpl
+def attnbench_implementations() -> list[Implementation]:
+    return [
+        Implementation(
+            name="reference",
+            build=build,
+            description="Float64 math attention: the oracle every output is checked against.",
+            masks=frozenset(MASKS),
+            gqa=True,
+            backward=True,
+            ranked=False,
+        )
+    ]

@@ -1,0 +1,120 @@
+"""``sdpa`` and its pinned backends: torch's ``scaled_dot_product_attention``.
+
+``sdpa`` lets torch dispatch; ``sdpa.math``, ``sdpa.flash``, ``sdpa.efficient``
+and ``sdpa.cudnn`` pin one backend with ``torch.nn.attention.sdpa_kernel``.
+A pinned backend that cannot run a case is found out in ``build`` by a small
+probe with the case's dtype, heads, head_dim, mask and direction, and reported
+as ``Unsupported`` with the reasons torch gives.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
+
+from attnbench.case import Case
+from attnbench.hookspecs import hookimpl
+from attnbench.implementation import Implementation, Unsupported
+from attnbench.masks import MASKS, dense_mask
+
+BACKENDS = {
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+PROBE_SEQ = 64
+
+
+def mask_arguments(case: Case, seq_q: int, seq_kv: int) -> dict:
+    """SDPA keyword arguments expressing the case's mask at the given lengths.
+
+    SDPA's own ``is_causal`` is top-left aligned, so causal attention with
+    ``seq_q != seq_kv`` goes through ``causal_lower_right`` instead.
+    """
+    if case.mask == "none":
+        return {}
+    if case.mask == "causal":
+        if seq_q == seq_kv:
+            return {"is_causal": True}
+        return {"attn_mask": causal_lower_right(seq_q, seq_kv)}
+    return {"attn_mask": dense_mask(case.mask, case.window, seq_q, seq_kv, device=case.device)}
+
+
+def _make_call(case: Case, backend: SDPBackend | None, seq_q: int, seq_kv: int):
+    kwargs = mask_arguments(case, seq_q, seq_kv)
+    kwargs["scale"] = case.scale
+    if case.gqa:
+        kwargs["enable_gqa"] = True
+
+    if backend is None:
+        def sdpa(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        return sdpa
+
+    def pinned(q, k, v):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return pinned
+
+
+def _probe(case: Case, backend: SDPBackend) -> None:
+    """Run the backend on a short version of the case; raise Unsupported with torch's reasons."""
+    # Keep the case's relation between the lengths (equal, shorter or longer queries).
+    if case.seq_q <= case.seq_kv:
+        seq_q = min(case.seq_q, PROBE_SEQ)
+        seq_kv = seq_q + min(case.seq_kv - case.seq_q, PROBE_SEQ)
+    else:
+        seq_kv = min(case.seq_kv, PROBE_SEQ)
+        seq_q = seq_kv + min(case.seq_q - case.seq_kv, PROBE_SEQ)
+    call = _make_call(case, backend, seq_q, seq_kv)
+    gen = torch.Generator(device=case.device).manual_seed(0)
+    q = torch.randn(1, case.heads_q, seq_q, case.head_dim, device=case.device, dtype=case.dtype, generator=gen)
+    k, v = (torch.randn(1, case.heads_kv, seq_kv, case.head_dim, device=case.device, dtype=case.dtype, generator=gen) for _ in range(2))
+    if case.needs_backward:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = call(q, k, v)
+            if case.needs_backward:
+                out.sum().backward()
+        except RuntimeError as exc:
+            reasons = [str(w.message).strip() for w in caught if "because" in str(w.message)]
+            detail = "; ".join(dict.fromkeys(reasons)) or str(exc).strip().splitlines()[0]
+            raise Unsupported(f"torch {torch.__version__} cannot run this case: {detail}") from None
+
+
+def _builder(backend_name: str | None):
+    backend = BACKENDS[backend_name] if backend_name else None
+
+    def build(case: Case):
+        if backend_name in ("efficient", "cudnn") and case.device != "cuda":
+            raise Unsupported(f"the {backend_name} backend has no {case.device} kernel")
+        if backend is not None and backend is not SDPBackend.MATH:
+            _probe(case, backend)
+        return _make_call(case, backend, case.seq_q, case.seq_kv)
+
+    return build
+
+
+@hookimpl
+def attnbench_implementations() -> list[Implementation]:
+    common = dict(masks=frozenset(MASKS), gqa=True, backward=True)
+    return [
+        Implementation(name="sdpa", build=_builder(None),
+                       description="torch.nn.functional.scaled_dot_product_attention, torch choosing the backend.", **common),
+        Implementation(name="sdpa.math", build=_builder("math"),
+                       description="SDPA pinned to the math backend (composite ops, any device).", **common),
+        Implementation(name="sdpa.flash", build=_builder("flash"),
+                       description="SDPA pinned to the FlashAttention backend (CUDA kernel; a fused kernel on CPU too).", **common),
+        Implementation(name="sdpa.efficient", build=_builder("efficient"), devices=frozenset({"cuda"}),
+                       description="SDPA pinned to the memory-efficient (xformers-derived) backend; CUDA only.", **common),
+        Implementation(name="sdpa.cudnn", build=_builder("cudnn"), devices=frozenset({"cuda"}),
+                       description="SDPA pinned to the cuDNN attention backend; CUDA only.", **common),
+    ]
