@@ -16,7 +16,13 @@ from attnbench.masks import MASKS, mask_mod
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
 
-    # One compiled function per process; torch.compile specialises it per shape and mask.
+    # One compiled function per process; torch.compile specialises it per shape and mask, and
+    # every case is a new mask_mod closure, so each case recompiles. Past dynamo's default limit
+    # of 8 recompiles per function it would silently run flex_attention unfused from then on.
+    # (The pre-2.7 names, still aliases, keep torch 2.5 and 2.6 working.)
+    config = torch._dynamo.config
+    config.cache_size_limit = max(config.cache_size_limit, 4096)
+    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4096)
     return torch.compile(flex_attention, dynamic=False)
 
 

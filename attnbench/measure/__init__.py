@@ -1,0 +1,1 @@
+"""Measurements of one call: timing, correctness and memory."""

@@ -1,0 +1,108 @@
+"""Terminal output: one rich table per case, and the run's summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from attnbench.results import Record
+
+SHORT_REASON = 48
+
+
+def noise(record: Record) -> float:
+    """Relative noise of a timing: the larger of IQR/median and the spread between worker processes."""
+    m = record.metrics
+    if not m.get("time_ms_median"):
+        return 0.0
+    return max(m.get("time_ms_iqr", 0.0) / m["time_ms_median"], m.get("process_spread", 0.0))
+
+
+def speedup(record: Record, baseline: Record | None) -> tuple[float, bool] | None:
+    """(baseline time / record time, significant?) when both were measured; a ratio inside the noise is not significant."""
+    if baseline is None or record is baseline:
+        return None
+    a, b = record.metrics.get("time_ms_median"), baseline.metrics.get("time_ms_median")
+    if not a or not b or baseline.status != "ok":
+        return None
+    ratio = b / a
+    return ratio, abs(ratio - 1) > max(noise(record), noise(baseline))
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def format_time(ms: float) -> str:
+    if ms >= 1000:
+        return f"{ms / 1000:.3g} s"
+    if ms >= 1:
+        return f"{ms:.3g} ms"
+    return f"{ms * 1000:.3g} µs"
+
+
+def _short(reason: str) -> str:
+    reason = reason.replace("\n", " ")
+    return reason if len(reason) <= SHORT_REASON else reason[: SHORT_REASON - 1] + "…"
+
+
+def case_table(label: str, records: list[Record], baseline_name: str | None) -> Table:
+    """A table for one case: time ± IQR, TFLOP/s, speedup, peak memory, error; the fastest correct one highlighted."""
+    table = Table(title=escape(label), title_justify="left", expand=False)
+    for col, justify in (("implementation", "left"), ("time (median ± IQR)", "right"), ("TFLOP/s", "right"),
+                         (f"vs {baseline_name}" if baseline_name else "speedup", "right"), ("peak mem", "right"),
+                         ("rel err", "right"), ("status", "left")):
+        table.add_column(escape(col), justify=justify)
+    baseline = next((r for r in records if r.impl == baseline_name), None)
+    timed_ok = [r for r in records if r.status == "ok" and r.exact and r.ranked and r.metrics.get("time_ms_median")]
+    fastest = min(timed_ok, key=lambda r: r.metrics["time_ms_median"], default=None)
+    for r in sorted(records, key=lambda r: (r.metrics.get("time_ms_median") is None, r.metrics.get("time_ms_median") or 0, r.impl)):
+        m = r.metrics
+        cells = [escape(r.impl)]
+        if m.get("time_ms_median"):
+            cells.append(f"{format_time(m['time_ms_median'])} ± {100 * m.get('time_ms_iqr', 0) / m['time_ms_median']:.0f}%")
+            cells.append(f"{m['tflops']:.3g}")
+            sp = speedup(r, baseline)
+            cells.append("" if sp is None else (f"{sp[0]:.2f}x" if sp[1] else f"≈{sp[0]:.2f}x"))
+        else:
+            cells += ["", "", ""]
+        cells.append(format_bytes(m.get("peak_bytes")))
+        cells.append("" if m.get("rel_err") is None else f"{m['rel_err']:.1e}")
+        if r.status == "ok":
+            status = "[green]ok[/]" if r.exact else "[cyan]approx[/]"
+        elif r.status == "incorrect":
+            status = f"[bold red]✗ incorrect[/] {escape(_short(r.reason))}"
+        elif r.status in ("unsupported", "skipped"):
+            status = f"[dim]{r.status}: {escape(_short(r.reason))}[/]"
+        else:
+            status = f"[red]{r.status}[/]: {escape(_short(r.reason))}"
+        style = "bold green" if r is fastest else ("red" if r.status == "incorrect" else None)
+        table.add_row(*cells, status, style=style)
+    return table
+
+
+def print_run(console: Console, records: Iterable[Record], baseline_name: str | None) -> None:
+    """Print a table per case (in the order cases first appear) and the noise note."""
+    groups: dict[str, list[Record]] = {}
+    from attnbench.case import Case
+
+    for r in records:
+        groups.setdefault(Case.from_dict(r.case).label(), []).append(r)
+    for label, recs in groups.items():
+        console.print(case_table(label, recs, baseline_name))
+    spreads = sorted(r.metrics["process_spread"] for rs in groups.values() for r in rs if "process_spread" in r.metrics)
+    if spreads:
+        median_spread = spreads[len(spreads) // 2]
+        console.print(
+            f"[dim]Worker processes differed by {100 * median_spread:.0f}% (median over pairs) on this machine; "
+            "speedups inside the noise are shown as ≈ and are not differences.[/]"
+        )

@@ -1,0 +1,147 @@
+"""Results: the record and run schema, the crash-safe journal, JSON I/O and the pandas view.
+
+``results.json`` holds ``{"schema": SCHEMA_VERSION, "run": {...}, "records": [...]}``;
+docs/results.md documents every field. The journal (``journal.jsonl``) gets
+each record as it is measured, flushed and fsynced, so a killed run loses at
+most the pair in flight and ``--resume`` can pick up from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "incorrect", "unsupported", "skipped", "error", "oom", "timeout", "crashed")
+MEASURED = ("ok", "incorrect")
+"""Statuses that carry timings."""
+FAILURES = ("incorrect", "error", "timeout", "crashed")
+"""Statuses that make ``--strict`` fail."""
+
+
+@dataclass
+class Record:
+    """One case x implementation pair, whatever happened to it."""
+
+    impl: str
+    case: dict[str, Any]
+    status: str
+    reason: str = ""
+    plugin: str = ""
+    version: str = ""
+    exact: bool = True
+    ranked: bool = True
+    metrics: dict[str, Any] = field(default_factory=dict)
+    hardware: str = ""
+    where: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+
+    @property
+    def key(self) -> tuple:
+        """Identity of the pair: implementation and case fields."""
+        return pair_key(self.impl, self.case)
+
+    def to_dict(self) -> dict:
+        return _finite(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Record:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def pair_key(impl: str, case: dict[str, Any]) -> tuple:
+    return (impl, *sorted((k, json.dumps(v)) for k, v in case.items()))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class Journal:
+    """Append-only JSON-lines log of records, each line flushed and fsynced as it is written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, record: Record) -> None:
+        self._file.write(json.dumps(record.to_dict()) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    @staticmethod
+    def read(path: Path) -> list[Record]:
+        """Records from a journal; a torn last line (the process died mid-write) is ignored."""
+        records = []
+        if not Path(path).exists():
+            return records
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(Record.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                continue
+        return records
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary file in the same directory and rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_finite(data), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(path: Path, run: dict, records: list[Record]) -> None:
+    """Write ``results.json`` atomically."""
+    write_json_atomic(path, {"schema": SCHEMA_VERSION, "run": run, "records": [r.to_dict() for r in records]})
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """Parse a results.json, checking its schema version."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "records" not in data:
+        raise ValueError(f"{path}: not an attnbench results file (no 'records')")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: results schema {data.get('schema')!r}, this attnbench reads {SCHEMA_VERSION}")
+    return data
+
+
+def load(path: str | os.PathLike):
+    """One row per record as a pandas DataFrame: case fields, impl, status, reason and metrics as columns."""
+    import pandas as pd
+
+    data = read_results(path)
+    run = data["run"]
+    rows = []
+    for rec in data["records"]:
+        row = {"run_id": run.get("id"), "suite": run.get("suite", {}).get("name"), "hardware": rec.get("hardware")}
+        row.update(rec["case"])
+        row.update({k: rec.get(k) for k in ("impl", "plugin", "version", "exact", "ranked", "status", "reason")})
+        row.update({k: v for k, v in rec.get("metrics", {}).items() if not isinstance(v, (list, dict))})
+        rows.append(row)
+    return pd.DataFrame(rows)

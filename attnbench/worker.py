@@ -1,0 +1,293 @@
+"""The isolated side of a run: one process that builds and measures implementations.
+
+The runner starts ``python -m attnbench.worker`` and sends one JSON request
+per line on stdin; each reply is one JSON line on the process's original
+stdout. Plugin output is redirected to stderr so it cannot corrupt the
+protocol. A crash, hang or CUDA error here costs the runner one record, not
+the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from attnbench.case import Case
+from attnbench.implementation import Implementation, Unsupported
+from attnbench.measure import correctness as corr
+from attnbench.measure.timing import Timing, time_cpu, time_cuda, warmup
+
+FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "CUBLAS_STATUS", "cudaError")
+OOM_MARKERS = ("out of memory", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc")
+
+
+@dataclass
+class Request:
+    """What the runner asks of a worker for one case x implementation pair."""
+
+    impl: str
+    case: Case
+    seed: int
+    correctness: bool
+    memory: bool
+    timing: bool
+    seeds: int = 3
+    max_rows: int | None = 4096
+    tolerance: corr.Tolerance | None = None
+    min_time_s: float = 1.0
+    min_samples: int = 5
+    warmup_calls: int = 1
+    cuda_repeats: int = 100
+    flush_l2: bool = True
+    cuda_graph: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict) -> Request:
+        data = dict(data)
+        data["case"] = Case.from_dict(data["case"])
+        if data.get("tolerance") is not None:
+            data["tolerance"] = corr.Tolerance(**data["tolerance"])
+        return cls(**data)
+
+
+class _Reference:
+    """The last case's float64 reference and same-dtype baseline per seed: shared by every implementation of the case."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.trials: dict[int, tuple] = {}
+
+    def get(self, case: Case, seed: int, max_rows: int | None) -> tuple:
+        key = (case, max_rows)
+        if key != self.key:
+            self.key, self.trials = key, {}
+        if seed not in self.trials:
+            inputs = corr.make_inputs(case, seed)
+            rows = corr.sample_rows(case, max_rows, seed) if not case.needs_backward else None
+            if case.needs_backward:
+                expected = corr.math_attention_grads(inputs, case, dtype=torch.float64)
+                baseline = corr.math_attention_grads(inputs, case, dtype=case.dtype)
+            else:
+                expected = (corr.math_attention(inputs.q, inputs.k, inputs.v, case, dtype=torch.float64, rows=rows),)
+                baseline = (corr.math_attention(inputs.q, inputs.k, inputs.v, case, dtype=case.dtype, rows=rows),)
+            self.trials[seed] = (inputs, rows, expected, baseline)
+        return self.trials[seed]
+
+
+_REFERENCE = _Reference()
+GRAD_NAMES = ("out", "dq", "dk", "dv")
+
+
+def _to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    return t.transpose(1, 2).contiguous() if layout == "bshd" else t
+
+
+def _from_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    return t.transpose(1, 2) if layout == "bshd" and isinstance(t, torch.Tensor) else t
+
+
+def make_step(fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs) -> Callable[[], object]:
+    """The timed region for the case's pass: forward (no autograd), backward alone, or both."""
+    q, k, v = (_to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
+    if case.pass_ == "fwd":
+        def forward():
+            with torch.no_grad():
+                return fn(q, k, v)
+        return forward
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    grad_out = _to_layout(inputs.grad_out, impl.layout)
+    if case.pass_ == "bwd":
+        out = fn(q, k, v)
+
+        def backward():
+            return torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True)
+        return backward
+
+    def forward_backward():
+        return torch.autograd.grad(fn(q, k, v), (q, k, v), grad_out)
+    return forward_backward
+
+
+def _run_trial(fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs) -> tuple[torch.Tensor, ...]:
+    """Outputs (and gradients for backward cases) of one correctness call, back in bhsd layout."""
+    q, k, v = (_to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
+    if not case.needs_backward:
+        with torch.no_grad():
+            out = fn(q, k, v)
+        problem = corr.output_problem(_from_layout(out, impl.layout), case, inputs.q)
+        if problem:
+            raise _Incorrect(problem)
+        return (_from_layout(out, impl.layout),)
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v)
+    problem = corr.output_problem(_from_layout(out, impl.layout), case, inputs.q)
+    if problem:
+        raise _Incorrect(problem)
+    if not out.requires_grad:
+        raise _Incorrect("output does not depend on q, k, v through autograd (no gradient)")
+    grads = torch.autograd.grad(out, (q, k, v), _to_layout(inputs.grad_out, impl.layout), allow_unused=True)
+    if any(g is None for g in grads):
+        raise _Incorrect("gradient missing for " + ", ".join(n for n, g in zip("qkv", grads) if g is None))
+    return tuple(_from_layout(t, impl.layout) for t in (out.detach(), *grads))
+
+
+class _Incorrect(Exception):
+    """The implementation ran but its result is unacceptable (shape, dtype, mutation...)."""
+
+
+def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict) -> str | None:
+    """Run ``req.seeds`` fresh trials; fill error metrics (worst over trials); return the failure reason or None."""
+    case = req.case
+    tolerance = req.tolerance or corr.Tolerance()
+    worst: dict[str, dict] = {}
+    failure = None
+    for trial in range(req.seeds):
+        seed = req.seed * 1000 + trial
+        inputs, rows, expected, baseline = _REFERENCE.get(case, seed, req.max_rows)
+        copies = [t.clone() for t in (inputs.q, inputs.k, inputs.v)]
+        results = _run_trial(fn, impl, case, inputs)
+        for name, before, after in zip("qkv", copies, (inputs.q, inputs.k, inputs.v)):
+            if not torch.equal(before, after):
+                raise _Incorrect(f"the implementation wrote into its input {name}")
+        for name, got, exp, base in zip(GRAD_NAMES, results, expected, baseline):
+            got = got if rows is None or name != "out" else got[:, :, rows.to(got.device)]
+            errors = corr.error_metrics(got, exp)
+            base_errors = corr.error_metrics(base, exp)
+            reason = corr.judge(errors, base_errors, case.dtype_name, tolerance) if impl.exact else None
+            if errors["nonfinite"]:
+                reason = f"{errors['nonfinite']} NaN/Inf values"
+            previous = worst.get(name)
+            if previous is None or _worse(errors, previous["errors"]):
+                worst[name] = {"errors": errors, "baseline": base_errors}
+            if reason and failure is None:
+                failure = f"{name}: {reason} (seed {seed})"
+    for name, entry in worst.items():
+        prefix = "" if name == "out" else f"{name}_"
+        metrics[f"{prefix}rel_err"] = entry["errors"]["rel_err"]
+        metrics[f"{prefix}max_abs_err"] = entry["errors"]["max_abs_err"]
+        metrics[f"{prefix}baseline_rel_err"] = entry["baseline"]["rel_err"]
+        if entry["errors"]["nonfinite"]:
+            metrics[f"{prefix}nonfinite"] = entry["errors"]["nonfinite"]
+    metrics["correctness_seeds"] = req.seeds
+    metrics["correctness_rows"] = None if req.max_rows is None or case.seq_q <= req.max_rows or case.needs_backward else req.max_rows
+    return failure
+
+
+def _worse(a: dict, b: dict) -> bool:
+    if a["nonfinite"] or b["nonfinite"]:
+        return a["nonfinite"] > b["nonfinite"]
+    return a["rel_err"] > b["rel_err"]
+
+
+def _measure_memory(step: Callable[[], object], device: str) -> int:
+    from attnbench.measure import memory
+
+    if device == "cuda":
+        return memory.peak_bytes_cuda(step)
+    return memory.peak_bytes_cpu(step)
+
+
+def _time(step: Callable[[], object], req: Request, warm: bool) -> Timing:
+    device = req.case.device
+    estimate = warmup(step, 1 if warm else max(1, req.warmup_calls), device)
+    if device == "cuda":
+        return time_cuda(step, repeats=req.cuda_repeats, flush_l2=req.flush_l2, cuda_graph=req.cuda_graph)
+    return time_cpu(step, min_time_s=req.min_time_s, min_samples=req.min_samples, first_estimate_s=estimate)
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """Status for an exception raised by an implementation, and whether the worker must be replaced."""
+    text = f"{type(exc).__name__}: {exc}"
+    fatal = any(m in text for m in FATAL_MARKERS)
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(m in text for m in OOM_MARKERS):
+        return "oom", fatal
+    return "error", fatal
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}{where}"[:500]
+
+
+def measure(impl: Implementation, req: Request) -> dict:
+    """Build and measure one pair; always returns a reply (status, reason, metrics, samples)."""
+    reply: dict = {"status": "ok", "reason": "", "metrics": {}, "samples_ms": [], "fatal": False}
+    metrics = reply["metrics"]
+    case = req.case
+    try:
+        start = time.perf_counter()
+        fn = impl.build(case)
+        metrics["build_s"] = time.perf_counter() - start
+        if not callable(fn):
+            raise _Incorrect(f"build returned {type(fn).__name__}, not a callable")
+        warm = False
+        if req.correctness:
+            failure = _check_correctness(fn, impl, req, metrics)
+            warm = True
+            if failure:
+                reply.update(status="incorrect", reason=failure)
+        timing_inputs = corr.make_inputs(case, req.seed * 1000 + 999)
+        step = make_step(fn, impl, case, timing_inputs)
+        if req.memory:
+            metrics["peak_bytes"] = _measure_memory(step, case.device)
+            warm = True
+        if req.timing:
+            timing = _time(step, req, warm)
+            reply["samples_ms"] = timing.samples_ms
+            metrics["timing_method"] = timing.method
+            metrics["timing_inner"] = timing.inner
+            if timing.notes:
+                metrics["timing_notes"] = timing.notes
+    except Unsupported as exc:
+        reply.update(status="unsupported", reason=exc.reason)
+    except _Incorrect as exc:
+        reply.update(status="incorrect", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; it becomes this pair's record
+        status, fatal = classify(exc)
+        reply.update(status=status, reason=_describe(exc), fatal=fatal)
+    return reply
+
+
+def serve(registry_impls: dict[str, Implementation], requests, replies) -> None:
+    """Answer requests until stdin closes."""
+    for line in requests:
+        if not line.strip():
+            continue
+        req = Request.from_json(json.loads(line))
+        impl = registry_impls.get(req.impl)
+        if impl is None:
+            reply = {"status": "error", "reason": f"implementation {req.impl!r} did not load in the worker", "metrics": {}, "samples_ms": [], "fatal": False}
+        else:
+            reply = measure(impl, req)
+        reply["pid"] = os.getpid()
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        if reply.get("fatal"):
+            # A CUDA error poisons the context: exit so the runner starts a fresh worker.
+            os._exit(70)
+
+
+def main() -> None:
+    # Keep the protocol channel private: fd 1 becomes stderr for anything plugins print.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    from attnbench.plugins import load_registry
+
+    registry = load_registry()
+    replies.write(json.dumps({"ready": True, "pid": os.getpid(), "plugin_errors": [p.to_dict() for p in registry.failures]}) + "\n")
+    replies.flush()
+    serve(registry.implementations, sys.stdin, replies)
+
+
+if __name__ == "__main__":
+    main()
