@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from attnbench.errors import UserError
+
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_STRICT = 0, 1, 2, 3
-
-
-class UserError(Exception):
-    """A problem with what the user asked for: shown as one paragraph, no traceback."""
 
 
 def _cmd_plugins(args: argparse.Namespace, console: Console) -> int:
@@ -88,6 +86,28 @@ def _cmd_env(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from attnbench.suite import SuiteError, load_suite
+
+    failed = False
+    for path in args.suites:
+        try:
+            suite = load_suite(path)
+        except SuiteError as exc:
+            Console(stderr=True).print(f"[bold red]invalid:[/] {_escape(str(exc))}")
+            failed = True
+            continue
+        counts = ", ".join(f"{len(suite.cases(d))} {d} cases" for d in ("cpu", "cuda"))
+        console.print(f"[green]ok[/] {_escape(path)}: suite {_escape(suite.name)}, {counts}")
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from attnbench.run_command import run_command
+
+    return run_command(args, console)
+
+
 def _escape(text: str) -> str:
     """Plugin-supplied text is shown as text, never as rich markup."""
     from rich.markup import escape
@@ -99,6 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="Benchmark attention implementations.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="measure a suite on this machine")
+    p.add_argument("suite", help="suite YAML file, e.g. suites/long_seq.yaml")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    p.add_argument("--impl", action="append", default=[], metavar="PATTERN",
+                   help="only implementations matching this glob (repeatable; replaces the suite's include)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="leave out matching implementations (repeatable)")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="only cases whose FIELD (batch, seq_q, dtype, mask, pass, ...) is one of the values (repeatable)")
+    p.add_argument("--output", metavar="PATH", help="results file (.json) or run directory; default reports/<suite>/<run-id>/")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run: measure only what its journal lacks")
+    p.add_argument("--seed", type=int, default=0, help="base seed for inputs (default 0)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="per-pair timeout (default: the suite's)")
+    p.add_argument("--memory-budget", metavar="FRACTION|BYTES", help="skip cases predicted to need more (e.g. 0.8 or 16GiB)")
+    p.add_argument("--processes", type=int, help="CPU worker processes that each time every pair (default: the suite's)")
+    p.add_argument("--warm-l2", action="store_true", help="CUDA: do not flush L2 between repeats")
+    p.add_argument("--cuda-graph", action="store_true", help="CUDA: replay the timed call from a CUDA graph")
+    p.add_argument("--strict", action="store_true", help="exit 3 when any pair is incorrect, error, timeout or crashed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    p.add_argument("--json", action="store_true", help="print results.json to stdout at the end")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("validate", help="check suite files without running them")
+    p.add_argument("suites", nargs="+", metavar="SUITE")
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("plugins", help="list loaded plugins and load failures")
     p.add_argument("--json", action="store_true")
@@ -118,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attnbench`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console(stderr=False)
+    # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     try:
         return args.func(args, console)
     except UserError as exc:

@@ -91,14 +91,24 @@ def load_registry(environ: Mapping[str, str] | None = None, extra: Iterable[tupl
     environ = os.environ if environ is None else environ
     manager = pluggy.PluginManager("attnbench")
     manager.add_hookspecs(hookspecs)
-    plugins: dict[str, PluginInfo] = {}
+    plugins: dict[str, PluginInfo] = {}  # registered plugins by name, in registration order
+    listed: list[PluginInfo] = []  # every plugin in load order, those refused for a taken name too
+
+    def claim(info: PluginInfo) -> bool:
+        listed.append(info)
+        if info.name in plugins:
+            info.errors.append(f"plugin name {info.name!r} is already taken")
+            return False
+        plugins[info.name] = info
+        return True
 
     for module_name in BUILTIN_PLUGINS:
         info = PluginInfo(module_name, "attnbench", attnbench.__version__, builtin=True)
-        plugins[module_name] = info
+        claim(info)
         _register(manager, info, lambda m=module_name: importlib.import_module(m))
 
-    for ep in _selected_entry_points(environ, plugins):
+    selected, missing = _selected_entry_points(environ)
+    for ep in selected:
         dist = getattr(ep, "dist", None)
         info = PluginInfo(
             ep.name,
@@ -106,25 +116,30 @@ def load_registry(environ: Mapping[str, str] | None = None, extra: Iterable[tupl
             dist.version if dist is not None else "?",
             builtin=False,
         )
-        if ep.name in plugins:
-            info.errors.append(f"plugin name {ep.name!r} is already taken")
-            plugins[f"{ep.name} ({info.distribution})"] = info
-            continue
-        plugins[ep.name] = info
-        _register(manager, info, ep.load)
+        if claim(info):
+            _register(manager, info, ep.load)
+    for name in missing:
+        claim(PluginInfo(
+            name, "?", "", builtin=False,
+            errors=[f"named in {SELECT_ENV} but no installed plugin has that entry-point or distribution name"],
+        ))
 
     for module_name in _split(environ.get(MODULES_ENV, "")):
         info = PluginInfo(module_name, "(module)", "", builtin=False)
-        plugins[module_name] = info
-        _register(manager, info, lambda m=module_name: importlib.import_module(m))
+        if claim(info):
+            _register(manager, info, lambda m=module_name: importlib.import_module(m))
 
     for name, obj in extra:
         info = PluginInfo(name, "(in-process)", "", builtin=False)
-        plugins[name] = info
-        _register(manager, info, lambda o=obj: o)
+        if claim(info):
+            _register(manager, info, lambda o=obj: o)
 
     implementations: dict[str, Implementation] = {}
-    for hook in manager.hook.attnbench_implementations.get_hookimpls():
+    # Names go to plugins in registration order, built-ins first. pluggy's own order lets a
+    # `trylast` hook go first, which would let a plugin take a built-in's name (even the oracle's).
+    order = {name: i for i, name in enumerate(plugins)}
+    hooks = sorted(manager.hook.attnbench_implementations.get_hookimpls(), key=lambda h: order[h.plugin_name])
+    for hook in hooks:
         info = plugins[hook.plugin_name]
         for impl in _call_hook(hook, info):
             if impl.name in implementations:
@@ -134,19 +149,20 @@ def load_registry(environ: Mapping[str, str] | None = None, extra: Iterable[tupl
             impl = dataclasses.replace(impl, plugin=info.name, version=impl.version or info.version)
             implementations[impl.name] = impl
             info.implementations.append(impl.name)
-    # pluggy calls hooks last-registered first; list built-ins first, then by name.
+    # List built-ins first, then by name.
     ordered = dict(sorted(implementations.items(), key=lambda kv: (not plugins[kv[1].plugin].builtin, kv[0])))
-    return Registry(ordered, list(plugins.values()))
+    return Registry(ordered, listed)
 
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _selected_entry_points(environ: Mapping[str, str], plugins: dict[str, PluginInfo]) -> list:
+def _selected_entry_points(environ: Mapping[str, str]) -> tuple[list, list[str]]:
+    """Entry points to load, and the names in ``ATTNBENCH_PLUGINS`` that match none."""
     found = list(entry_points(group=ENTRY_POINT_GROUP))
     if SELECT_ENV not in environ:
-        return found
+        return found, []
     wanted = set(_split(environ[SELECT_ENV]))
     chosen = []
     for ep in found:
@@ -155,12 +171,7 @@ def _selected_entry_points(environ: Mapping[str, str], plugins: dict[str, Plugin
         if ep.name in wanted or dist_name in wanted:
             chosen.append(ep)
             wanted -= {ep.name, dist_name}
-    for missing in sorted(wanted):
-        plugins[missing] = PluginInfo(
-            missing, "?", "", builtin=False,
-            errors=[f"named in {SELECT_ENV} but no installed plugin has that entry-point or distribution name"],
-        )
-    return chosen
+    return chosen, sorted(wanted)
 
 
 def _register(manager: pluggy.PluginManager, info: PluginInfo, load) -> None:
@@ -172,7 +183,11 @@ def _register(manager: pluggy.PluginManager, info: PluginInfo, load) -> None:
             raise
         info.errors.append(f"failed to load: {_describe(exc)}")
         return
-    if not manager.get_hookcallers(obj):
+    callers = manager.get_hookcallers(obj) or []
+    unknown = sorted(caller.name for caller in callers if caller.spec is None)
+    if unknown:
+        info.errors.append(f"defines unknown hook(s) {', '.join(unknown)}; attnbench's hook is attnbench_implementations")
+    elif not callers:
         info.errors.append("registers no attnbench hook (is `@hookimpl` from attnbench missing?)")
 
 

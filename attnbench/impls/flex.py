@@ -31,6 +31,9 @@ def build(case: Case):
         from torch.nn.attention.flex_attention import create_block_mask
     except ImportError as exc:  # torch < 2.5
         raise Unsupported(f"FlexAttention is not in torch {torch.__version__}: {exc}") from None
+    if case.needs_backward and case.device == "cpu":
+        # Said up front: torch raises this only after compiling the forward.
+        raise Unsupported(f"FlexAttention has no CPU backward (torch {torch.__version__})")
     mod = mask_mod(case.mask, case.window, case.seq_q, case.seq_kv)
     block_mask = None
     if mod is not None:
@@ -58,9 +61,14 @@ def _compile_now(case: Case, fn) -> None:
         else:
             with torch.no_grad():
                 fn(q, k, v)
-    except torch.OutOfMemoryError:
-        raise
     except Exception as exc:
+        # Dynamo skips a frame whose compiled call raised, from then on: without this reset every
+        # later flex case in the process would silently run flex_attention's unfused fallback.
+        from torch.nn.attention.flex_attention import flex_attention
+
+        torch._dynamo.reset_code(flex_attention.__code__)
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
         # Inductor raises its own error types for lowering failures: report them as the reason.
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Unsupported(f"FlexAttention could not compile this case: {type(exc).__name__}: {first_line}") from exc

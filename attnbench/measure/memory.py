@@ -25,6 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 from attnbench.case import Case
 from attnbench.hardware import available_memory_bytes
 from attnbench.implementation import Implementation
+from attnbench.impls import chunked
+from attnbench.masks import visible_bounds
 
 # --- measurement -----------------------------------------------------------
 
@@ -148,20 +150,13 @@ _CPU_FLASH_KV_SPLIT = 512
 
 
 def resident_bytes(case: Case) -> int:
-    """q, k, v and the output; with backward also dO, dq, dk, dv; plus a dense boolean mask.
-
-    The mask is counted at two bytes a pair (the mask and its negation, as
-    ``eager`` and ``reference`` keep them) whenever the case is masked: an
-    implementation that uses a block mask or none is over-counted by a little.
-    """
+    """q, k, v and the output; with backward also dO, dq, dk and dv."""
     elem = case.dtype.itemsize
     q = math.prod(case.q_shape) * elem
     kv = math.prod(case.kv_shape) * elem
     total = 2 * q + 2 * kv
     if case.needs_backward:
         total *= 2
-    if case.mask != "none":
-        total += 2 * case.seq_q * case.seq_kv
     return total
 
 
@@ -170,22 +165,23 @@ def fused_workspace_bytes(case: Case, impl: Implementation) -> int:
 
     Statistics: float32 max/sum (log-sum-exp) per query row, twice for
     backward (the delta term). Backward also gets a float32 dq accumulator
-    and, under GQA, float32 dk/dv expanded to the query heads before they are
-    summed. On CPU each thread holds a query-split x key-split float32 block
-    (twice, for the half-precision copies) and a query-split x head_dim
-    accumulator.
+    and, on CUDA under GQA, dk/dv expanded to the query heads before they are
+    summed (FlashAttention-2 does so; counted as float32). On CPU each thread
+    holds a query-split x key-split block (float32, and a half-precision copy)
+    and a query-split x head_dim accumulator, twice that in backward
+    (measured on torch 2.13: 0.56 MiB a thread forward at head_dim 64, float32).
     """
     rows = case.batch * case.heads_q * case.seq_q
     bwd = case.needs_backward
     total = rows * 4 * (2 if bwd else 1)
     if bwd:
         total += rows * case.head_dim * 4
-        if case.gqa:
+        if case.gqa and case.device == "cuda":
             total += 2 * case.batch * case.heads_q * case.seq_kv * case.head_dim * 4
     if case.device == "cpu":
         q_split = min(_CPU_FLASH_Q_SPLIT, case.seq_q)
         kv_split = min(_CPU_FLASH_KV_SPLIT, case.seq_kv)
-        per_thread = (2 * q_split * kv_split + 2 * q_split * case.head_dim + 4 * q_split) * 4
+        per_thread = q_split * kv_split * (4 + 2) + 2 * q_split * case.head_dim * 4 + 4 * q_split * 4
         total += torch.get_num_threads() * per_thread * (2 if bwd else 1)
     return total
 
@@ -195,13 +191,13 @@ def eager_workspace_bytes(case: Case, impl: Implementation) -> int:
 
     Forward holds the scores and the probabilities at once (measured: exactly
     that). Backward holds the saved probabilities plus dP and dS. Also the
-    scaled q (saved for backward) and, under GQA, k and v repeated to the
-    query heads (and their gradients in backward).
+    scaled q (saved for backward), under GQA k and v repeated to the query
+    heads (and their gradients in backward), and the boolean mask it keeps.
     """
     elem = case.dtype.itemsize
     bwd = case.needs_backward
     total = _score_elems(case) * elem * (3 if bwd else 2)
-    total += math.prod(case.q_shape) * elem
+    total += math.prod(case.q_shape) * elem + _dense_mask_bytes(case)
     if case.gqa:
         total += 2 * _kv_repeated_elems(case) * elem * (2 if bwd else 1)
     return total
@@ -210,41 +206,41 @@ def eager_workspace_bytes(case: Case, impl: Implementation) -> int:
 def reference_workspace_bytes(case: Case, impl: Implementation) -> int:
     """The float64 oracle: ``eager``'s two (three in backward) score tensors at 8 bytes an element.
 
-    Plus float64 copies of q, k and v (k and v repeated to the query heads),
-    the float64 output before its cast, and gradients of all of those in
-    backward.
+    Plus float64 copies of q, k, v and the output before its cast, k and v
+    repeated to the query heads under GQA, gradients of all of those in
+    backward, and the boolean mask and its negation it builds.
     """
     bwd = case.needs_backward
     total = _score_elems(case) * 8 * (3 if bwd else 2)
-    copies = (2 * math.prod(case.q_shape) + 2 * _kv_repeated_elems(case)) * 8
-    return total + copies * (2 if bwd else 1)
+    copies = (2 * math.prod(case.q_shape) + 2 * math.prod(case.kv_shape) + 2 * _kv_repeated_elems(case)) * 8
+    return total + copies * (2 if bwd else 1) + 2 * _dense_mask_bytes(case)
 
 
 def math_workspace_bytes(case: Case, impl: Implementation) -> int:
     """SDPA's math backend: ``eager``'s score tensors, computed in float32 for half-precision inputs.
 
     torch upcasts half inputs in the math backend (unless
-    ``allow_fp16_bf16_reduction_math_sdp``), so scores are float32 there.
-    Adds the scaled (and, for half precision, upcast) q, k and v, k and v
-    repeated under GQA, and an additive float mask of ``Sq x Skv`` when the
-    case is masked.
+    ``allow_fp16_bf16_reduction_math_sdp``), so scores are float32 there, and
+    its safe softmax adds a boolean score-sized tensor. Adds the upcast and
+    scaled q, k and v, k and v repeated under GQA, and, when the case is
+    masked, a boolean ``Sq x Skv`` mask and its additive float version.
     """
     acc = _accumulation_itemsize(case)
     bwd = case.needs_backward
-    total = _score_elems(case) * acc * (3 if bwd else 2)
-    copies = (2 * math.prod(case.q_shape) + 2 * _kv_repeated_elems(case)) * acc
+    total = _score_elems(case) * (acc * (3 if bwd else 2) + 1)
+    copies = (2 * math.prod(case.q_shape) + 3 * math.prod(case.kv_shape) + 2 * _kv_repeated_elems(case)) * acc
     total += copies * (2 if bwd else 1)
-    if case.mask != "none":
-        total += case.seq_q * case.seq_kv * acc
-    return total
+    return total + _dense_mask_bytes(case) * (1 + acc)
 
 
 def sdpa_workspace_bytes(case: Case, impl: Implementation) -> int:
     """SDPA with a fused backend, plus the additive mask it is given as a tensor.
 
-    A sliding window, and a causal mask with ``seq_q != seq_kv`` (lower-right
-    aligned: ``causal_lower_right`` materialises it on CPU), reach the kernel
-    as a boolean ``Sq x Skv`` tensor that torch converts to the input dtype.
+    A sliding window reaches the kernel as a boolean ``Sq x Skv`` tensor that
+    torch converts to the input dtype (measured on CPU: exactly that). A
+    causal mask with ``seq_q != seq_kv`` is counted the same way, as
+    ``causal_lower_right`` materialises it where no kernel takes it as is
+    (torch 2.13's CPU flash kernel does).
     For ``sdpa`` (torch choosing) on CUDA, float32 with GQA is assumed to fall
     back to the math backend: not every torch version's memory-efficient
     kernel takes GQA, and the flash kernel takes no float32.
@@ -253,12 +249,14 @@ def sdpa_workspace_bytes(case: Case, impl: Implementation) -> int:
         return math_workspace_bytes(case, impl)
     total = fused_workspace_bytes(case, impl)
     if case.mask == "sliding_window" or (case.mask == "causal" and case.seq_q != case.seq_kv):
-        total += case.seq_q * case.seq_kv * (1 + case.dtype.itemsize)
+        # The memory-efficient kernel pads the key axis of the mask to a multiple of 16.
+        padded_kv = -(-case.seq_kv // 16) * 16
+        total += case.seq_q * (case.seq_kv + padded_kv * case.dtype.itemsize)
     return total
 
 
 def chunked_workspace_bytes(case: Case, impl: Implementation) -> int:
-    """Online softmax over ``q_block x kv_block`` score blocks (``impl.params``, default 1024 x 256).
+    """Online softmax over ``q_block x kv_block`` score blocks (``impl.params``, else ``chunked``'s defaults).
 
     Forward holds about four blocks at once (scores, the masked copy, the
     shifted scores, the probabilities) plus three output-sized tensors (the
@@ -266,14 +264,15 @@ def chunked_workspace_bytes(case: Case, impl: Implementation) -> int:
     accumulation dtype (float32 for half inputs). Plain autograd saves every
     visible block's probabilities and the accumulator it rescaled, so
     backward holds O(visible pairs) after all: the blocks the mask does not
-    skip, counted exactly, plus four blocks in flight.
+    skip, counted exactly, plus four blocks in flight. Also the boolean
+    mask it keeps.
     """
     acc = _accumulation_itemsize(case)
-    q_block = min(int(impl.params.get("q_block", 1024)), case.seq_q)
-    kv_block = min(int(impl.params.get("kv_block", 256)), case.seq_kv)
+    q_block = min(int(impl.params.get("q_block", chunked.Q_BLOCK)), case.seq_q)
+    kv_block = min(int(impl.params.get("kv_block", chunked.KV_BLOCK)), case.seq_kv)
     heads = case.batch * case.heads_q
     block = heads * q_block * kv_block * acc
-    total = 4 * block + 3 * math.prod(case.q_shape) * acc
+    total = 4 * block + 3 * math.prod(case.q_shape) * acc + _dense_mask_bytes(case)
     if case.needs_backward:
         area, blocks = _chunked_visible_blocks(case, q_block, kv_block)
         # Per visible block: its probabilities, the accumulator, the upcast k and v blocks.
@@ -305,7 +304,7 @@ def predict_peak_bytes(case: Case, impl: Implementation) -> int:
     """Conservative peak bytes of running ``case`` with ``impl``, inputs included.
 
     ``resident_bytes`` (q, k, v, output, and dO and the gradients when the
-    case runs backward, plus a dense mask) + ``workspace_model(impl)``:
+    case runs backward) + ``workspace_model(impl)``:
     score-sized tensors for implementations that materialise scores (eager,
     reference in float64, sdpa.math in float32 or wider), blocks for chunked,
     statistics and per-thread blocks for fused kernels (sdpa's and any
@@ -319,6 +318,11 @@ def _score_elems(case: Case) -> int:
     return case.batch * case.heads_q * case.seq_q * case.seq_kv
 
 
+def _dense_mask_bytes(case: Case) -> int:
+    """A boolean ``Sq x Skv`` mask, as the materialising implementations build one."""
+    return 0 if case.mask == "none" else case.seq_q * case.seq_kv
+
+
 def _kv_repeated_elems(case: Case) -> int:
     """Elements of k (or v) repeated to the query heads; 0 without GQA, where nothing is repeated."""
     return case.batch * case.heads_q * case.seq_kv * case.head_dim if case.gqa else 0
@@ -330,8 +334,6 @@ def _accumulation_itemsize(case: Case) -> int:
 
 def _chunked_visible_blocks(case: Case, q_block: int, kv_block: int) -> tuple[int, int]:
     """(score pairs per head, block count) that ``chunked`` computes, skipping fully masked blocks as it does."""
-    from attnbench.masks import visible_bounds
-
     area = blocks = 0
     for q0 in range(0, case.seq_q, q_block):
         q1 = min(q0 + q_block, case.seq_q)

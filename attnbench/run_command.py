@@ -1,0 +1,175 @@
+"""``attnbench run``: suite and flags in, progress and tables out, results on disk."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from attnbench.case import Case
+from attnbench.errors import UserError
+from attnbench.hardware import cpu_model
+from attnbench.measure.correctness import Tolerance
+from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
+from attnbench.plugins import load_registry
+from attnbench.report.terminal import print_run
+from attnbench.results import FAILURES, read_results
+from attnbench.runner import RunOptions
+from attnbench.session import RESULTS_NAME, RunSpec, new_run_id, run
+from attnbench.suite import SuiteError, load_suite
+
+EXIT_OK, EXIT_STRICT = 0, 3
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device "
+                        f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
+    return requested
+
+
+def filter_cases(cases: list[Case], wheres: list[str]) -> list[Case]:
+    """Keep cases whose fields match every ``FIELD=V1,V2`` filter."""
+    for where in wheres:
+        field, sep, values = where.partition("=")
+        field = "pass" if field.strip() == "pass" else field.strip()
+        known = set(cases[0].to_dict()) if cases else set()
+        if not sep or (cases and field not in known):
+            raise UserError(f"--where {where!r}: expected FIELD=VALUE[,VALUE...] with FIELD one of {', '.join(sorted(known))}")
+        wanted = {v.strip() for v in values.split(",")}
+        cases = [c for c in cases if str(c.to_dict()[field]) in wanted]
+    return cases
+
+
+def output_dir(args: argparse.Namespace, suite_name: str) -> Path:
+    if args.resume:
+        path = Path(args.resume)
+        if not (path / "journal.jsonl").exists():
+            raise UserError(f"--resume {args.resume}: no journal.jsonl there; give the run directory of an earlier run")
+        return path
+    if args.output:
+        path = Path(args.output)
+        return path.parent if path.suffix == ".json" else path
+    return Path("reports") / suite_name / new_run_id(suite_name)
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".attnbench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write results to {path}: {exc.strerror or exc}") from None
+
+
+def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
+    try:
+        suite = load_suite(args.suite)
+    except SuiteError as exc:
+        raise UserError(str(exc)) from None
+    device = resolve_device(args.device)
+    settings = suite.settings(device)
+    cases = filter_cases(suite.cases(device), args.where)
+    if not cases:
+        raise UserError(f"{args.suite}: no {device} cases left to run" + (" after --where" if args.where else ""))
+
+    registry = load_registry()
+    include = list(args.impl) or list(settings.include)
+    exclude = list(settings.exclude) + list(args.exclude)
+    for pattern in args.impl + args.exclude:
+        if not registry.select(include=[pattern]):
+            raise UserError(f"implementation pattern {pattern!r} matches nothing; installed: {', '.join(registry.implementations)}")
+    impls = registry.select(include=include, exclude=exclude)
+    baseline = settings.baseline
+    if baseline in registry.implementations and all(i.name != baseline for i in impls) and baseline not in args.exclude:
+        # Speedups need their baseline measured in the same run.
+        impls.insert(0, registry.get(baseline))
+    if not impls:
+        raise UserError("no implementation selected: check the suite's implementations section and --impl/--exclude")
+
+    timing, correctness = settings.timing, settings.correctness
+    tolerance = Tolerance(factor=correctness.tolerance_factor)
+    tolerance.abs_floor.update(correctness.floors)
+    budget_spec = args.memory_budget
+    if budget_spec is not None:
+        try:
+            budget = budget_bytes(float(budget_spec) if _is_number(budget_spec) else parse_bytes(budget_spec), device)
+        except ValueError as exc:
+            raise UserError(f"--memory-budget {budget_spec!r}: {exc}") from None
+    else:
+        budget = settings.memory_budget.limit(free_bytes(device))
+    import torch
+
+    options = RunOptions(
+        seed=args.seed, seeds=correctness.seeds, tolerance=tolerance,
+        processes=args.processes or timing.processes,
+        min_time_s=timing.min_time_s, min_samples=timing.repeats, warmup_calls=timing.warmup,
+        cuda_repeats=timing.cuda_repeats, flush_l2=timing.flush_l2 and not args.warm_l2,
+        cuda_graph=timing.cuda_graph or args.cuda_graph,
+        timeout_s=args.timeout or settings.timeout_s, memory_budget_bytes=budget,
+        device_name=torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
+    )
+    spec = RunSpec(
+        suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,
+        cases=cases, impls=impls, options=options, baseline=baseline, registry=registry, predict=predict_peak_bytes,
+    )
+    out = output_dir(args, suite.name)
+    _check_writable(out)
+    return spec, out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def run_command(args: argparse.Namespace, console: Console) -> int:
+    spec, out = build_spec(args)
+    if args.resume:
+        previous = read_results(out / RESULTS_NAME) if (out / RESULTS_NAME).exists() else None
+        if previous and previous["run"]["suite"]["sha256"] != spec.suite_hash:
+            raise UserError(f"--resume {out}: that run measured a different version of {args.suite} (suite file changed)")
+    quiet = args.quiet or args.json
+    for failure in spec.registry.failures if spec.registry else []:
+        if not quiet:
+            console.print(f"[yellow]plugin {escape(failure.name)} failed to load:[/] {escape('; '.join(failure.errors))}")
+    if not quiet:
+        console.print(f"[bold]{escape(spec.suite_name)}[/] on {spec.device} ({escape(spec.options.device_name)}): "
+                      f"{len(spec.cases)} cases x {len(spec.impls)} implementations -> {escape(str(out))}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet, transient=False)
+    task = progress.add_task("planning", total=None)
+    with progress:
+        run_info, records, interrupted = run(
+            spec, out, resume=bool(args.resume),
+            on_plan=lambda n: progress.update(task, total=n, description="measuring"),
+            on_start=lambda pair: progress.update(task, description=f"{escape(pair.impl.name)} · {escape(pair.case.label())}"),
+            on_record=lambda rec: progress.advance(task),
+        )
+        progress.update(task, description="done" if not interrupted else "interrupted")
+    results_path = out / RESULTS_NAME
+    if args.json:
+        print(results_path.read_text())
+    elif not args.quiet:
+        print_run(console, records, spec.baseline)
+        console.print(f"results: {escape(str(results_path))}")
+    if interrupted:
+        console.print(f"[yellow]interrupted[/]: {len(records)} records kept; continue with "
+                      f"attnbench run {escape(args.suite)} --resume {escape(str(out))}")
+        return 130
+    if args.strict and any(r.status in FAILURES for r in records):
+        return EXIT_STRICT
+    return EXIT_OK
+
+
