@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, help="CPU worker processes that each time every pair (default: the suite's)")
     p.add_argument("--warm-l2", action="store_true", help="CUDA: do not flush L2 between repeats")
     p.add_argument("--cuda-graph", action="store_true", help="CUDA: replay the timed call from a CUDA graph")
+    p.add_argument("--peak-tflops", type=float, metavar="TFLOPS", help="compute ceiling for %% of peak (default: the published table, CUDA only)")
+    p.add_argument("--peak-gbps", type=float, metavar="GBPS", help="bandwidth ceiling for %% of peak (default: the published table, CUDA only)")
     p.add_argument("--strict", action="store_true", help="exit 3 when any pair is incorrect, error, timeout or crashed")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.add_argument("--json", action="store_true", help="print results.json to stdout at the end")

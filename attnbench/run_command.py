@@ -116,6 +116,7 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         cuda_graph=timing.cuda_graph or args.cuda_graph,
         timeout_s=args.timeout or settings.timeout_s, memory_budget_bytes=budget,
         device_name=torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
+        peak_tflops=args.peak_tflops, peak_gbps=args.peak_gbps,
     )
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,

@@ -53,6 +53,10 @@ class RunOptions:
     memory_budget_bytes: int | None = None
     device_name: str = ""
     """The measured device's name (a GPU's, or the CPU model), for the peak table and records."""
+    peak_tflops: float | None = None
+    """A measured compute ceiling that replaces the published peak table (any device)."""
+    peak_gbps: float | None = None
+    """A measured bandwidth ceiling that replaces the published peak table (any device)."""
 
 
 class WorkerDied(Exception):
@@ -310,9 +314,14 @@ class LocalExecutor:
         }
         if len(process_medians) > 1:
             metrics["process_spread"] = max(process_medians) / min(process_medians) - 1
-        peak = device_peak(self.options.device_name) if case.device == "cuda" else None
-        if peak is not None and case.dtype_name in peak.tflops:
-            metrics["pct_peak_tflops"] = 100 * metrics["tflops"] / peak.tflops[case.dtype_name]
-            metrics["pct_peak_gbps"] = 100 * metrics["gbps"] / peak.gbps
+        peak_tflops, peak_gbps = self.options.peak_tflops, self.options.peak_gbps
+        table = device_peak(self.options.device_name) if case.device == "cuda" else None
+        if table is not None:
+            peak_tflops = peak_tflops or table.tflops.get(case.dtype_name)
+            peak_gbps = peak_gbps or table.gbps
+        if peak_tflops:
+            metrics["pct_peak_tflops"] = 100 * metrics["tflops"] / peak_tflops
+        if peak_gbps:
+            metrics["pct_peak_gbps"] = 100 * metrics["gbps"] / peak_gbps
         return metrics
 

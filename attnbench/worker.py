@@ -238,6 +238,9 @@ def measure(impl: Implementation, req: Request) -> dict:
         timing_inputs = corr.make_inputs(case, req.seed * 1000 + 999)
         step = make_step(fn, impl, case, timing_inputs)
         if req.memory:
+            if not warm:
+                # One-time allocations (oneDNN primitives, cuBLAS workspaces) are not the call's memory.
+                warmup(step, 1, case.device)
             metrics["peak_bytes"] = _measure_memory(step, case.device)
             warm = True
         if req.timing:

@@ -39,6 +39,7 @@ def peak_bytes_cpu(fn: Callable[[], object]) -> int:
     allocator bytes (c10's CPU allocator, which every torch CPU tensor goes
     through), not OS pages. One-time allocations (oneDNN caches, lazy
     initialisation) count too: call ``fn`` once before measuring.
+    Allocations by other Python threads meanwhile are not counted.
     Cannot be used while another torch profiler is active.
     """
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
@@ -370,36 +371,44 @@ def parse_bytes(text: str) -> int:
 def budget_bytes(fraction_or_bytes: float | int | str, device: str = "cpu") -> int:
     """Memory a case may use on ``device``: a fraction of what is free now, or a fixed size.
 
-    A float in (0, 1] or a string like ``"80%"`` or ``"0.8"`` is a fraction of
-    the free memory (CPU: MemAvailable; CUDA: the driver's free memory plus
-    what torch's caching allocator holds unused, which it would reuse); an
-    int or a size string (``"8GiB"``) is bytes.
+    A float in (0, 1], or a string holding one or a percentage (``"0.8"``,
+    ``"80%"``), is a fraction of the free memory (see ``free_bytes``). An
+    int, a whole number above 1, or a size string (``"8GiB"``) is bytes.
     """
-    value = fraction_or_bytes
-    if isinstance(value, str):
-        text = value.strip()
+    spec = fraction_or_bytes
+    if isinstance(spec, str):
+        text = spec.strip()
         if text.endswith("%"):
-            value = float(text[:-1]) / 100
-        else:
-            try:
-                value = float(text)
-            except ValueError:
-                return parse_bytes(text)
-            if value > 1:
-                return int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"budget must be a fraction, a size or a number of bytes, got {fraction_or_bytes!r}")
-    if isinstance(value, int):
-        if value < 1:
-            raise ValueError(f"budget must be positive, got {fraction_or_bytes!r}")
-        return value
-    if not 0 < value <= 1:
-        raise ValueError(f"budget fraction must be in (0, 1], got {fraction_or_bytes!r}")
-    return int(value * free_bytes(device))
+            percent = _number(text[:-1], fraction_or_bytes)
+            if not 0 < percent <= 100:
+                raise ValueError(f"budget percentage must be in (0, 100], got {fraction_or_bytes!r}")
+            return int(percent / 100 * free_bytes(device))
+        try:
+            spec = float(text)
+        except ValueError:
+            spec = parse_bytes(text)
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not 0 < spec < math.inf:
+        raise ValueError(f"budget must be a positive fraction, size or number of bytes, got {fraction_or_bytes!r}")
+    if isinstance(spec, float) and spec <= 1:
+        return int(spec * free_bytes(device))
+    if isinstance(spec, float) and not spec.is_integer():
+        raise ValueError(f"budget above 1 is bytes and must be whole, got {fraction_or_bytes!r}")
+    return int(spec)
+
+
+def _number(text: str, spec: object) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"budget {spec!r} is not a percentage") from None
 
 
 def free_bytes(device: str = "cpu") -> int:
-    """Memory free for tensors on ``device`` now (``"cpu"``, ``"cuda"`` or ``"cuda:N"``)."""
+    """Memory free for tensors on ``device`` now (``"cpu"``, ``"cuda"`` or ``"cuda:N"``).
+
+    CPU: the kernel's MemAvailable. CUDA: the driver's free memory plus what
+    torch's caching allocator holds unused, which it would reuse first.
+    """
     if torch.device(device).type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

@@ -1,0 +1,187 @@
+import math
+
+import pytest
+import torch
+
+from attnbench import Case
+from attnbench.implementation import Implementation
+from attnbench.impls import chunked, eager, sdpa
+from attnbench.measure.memory import (
+    budget_bytes,
+    eager_analytic_peak_bytes,
+    free_bytes,
+    parse_bytes,
+    peak_bytes_cpu,
+    peak_bytes_cuda,
+    predict_peak_bytes,
+    vm_hwm_bytes_during,
+)
+
+MiB = 2**20
+IMPLS = {impl.name: impl for module in (eager, chunked, sdpa) for impl in module.attnbench_implementations()}
+
+
+def _inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(case.q_shape, dtype=case.dtype, generator=gen)
+    k, v = (torch.randn(case.kv_shape, dtype=case.dtype, generator=gen) for _ in range(2))
+    return q, k, v
+
+
+def _measure(name: str, case: Case) -> tuple[int, int]:
+    """(peak above the inputs, bytes of the inputs) of one call, after a warm-up call."""
+    fn = IMPLS[name].build(case)
+    q, k, v = _inputs(case)
+    inputs = sum(t.numel() * t.element_size() for t in (q, k, v))
+    if not case.needs_backward:
+        with torch.no_grad():
+            fn(q, k, v)
+            return peak_bytes_cpu(lambda: fn(q, k, v)), inputs
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    grad_out = torch.randn_like(q)
+
+    def step():
+        out = fn(q, k, v)
+        out.backward(grad_out)
+        return out
+
+    step()
+    q.grad = k.grad = v.grad = None
+    return peak_bytes_cpu(step), inputs + grad_out.numel() * grad_out.element_size()
+
+
+# The CPU allocator reports the bytes each tensor asked for, without rounding,
+# so figures built from plain tensors are exact: no tolerance.
+
+def test_peak_counts_tensors_alive_together_and_not_after_they_are_freed():
+    def fn():
+        held = [torch.empty(10 * MiB, dtype=torch.uint8) for _ in range(3)]
+        del held
+        return torch.empty(MiB, dtype=torch.uint8)
+
+    assert peak_bytes_cpu(fn) == 30 * MiB
+
+
+def test_peak_counts_the_returned_tensor():
+    def fn():
+        scratch = torch.empty(3 * MiB, dtype=torch.uint8)
+        del scratch
+        return torch.empty(5 * MiB, dtype=torch.uint8)
+
+    assert peak_bytes_cpu(fn) == 5 * MiB
+
+
+def test_inputs_allocated_before_the_call_are_not_counted():
+    x = torch.ones(4 * MiB, dtype=torch.uint8)
+    assert peak_bytes_cpu(x.clone) == 4 * MiB
+    assert peak_bytes_cpu(lambda: x.view(-1)) == 0
+
+
+def test_eager_matches_its_analytic_peak():
+    case = Case(1, 4, 4, 1024, 1024, 64)
+    measured, _ = _measure("eager", case)
+    analytic = eager_analytic_peak_bytes(case)
+    assert analytic == (2 * 4 * 1024 * 1024 + 4 * 1024 * 64) * 4
+    assert abs(measured - analytic) <= 0.03 * analytic
+
+
+def test_eager_analytic_counts_repeated_kv_under_gqa():
+    case = Case(1, 4, 1, 256, 256, 64)
+    assert eager_analytic_peak_bytes(case) == eager_analytic_peak_bytes(Case(1, 4, 4, 256, 256, 64)) + 2 * 4 * 256 * 64 * 4
+    with pytest.raises(ValueError, match="forward"):
+        eager_analytic_peak_bytes(Case(1, 4, 4, 256, 256, 64, pass_="fwd+bwd"))
+
+
+def test_chunked_holds_a_fraction_of_eager():
+    # At N=4096 one score tensor is 16 of chunked's default 1024 x 256 blocks.
+    case = Case(1, 2, 2, 4096, 4096, 64)
+    measured, _ = _measure("chunked", case)
+    assert measured <= eager_analytic_peak_bytes(case) / 8
+
+
+@pytest.mark.parametrize("name, case", [
+    ("eager", Case(1, 4, 4, 1024, 1024, 64)),
+    ("eager", Case(1, 4, 1, 512, 1024, 64, dtype=torch.bfloat16, mask="causal")),
+    ("eager", Case(1, 2, 2, 512, 512, 64, mask="sliding_window", window=128, pass_="fwd+bwd")),
+    ("chunked", Case(1, 4, 4, 2048, 2048, 64, mask="causal")),
+    ("chunked", Case(1, 2, 1, 1024, 1024, 64, dtype=torch.float16, pass_="fwd+bwd")),
+    ("sdpa.math", Case(1, 4, 4, 1024, 1024, 64)),
+    ("sdpa.math", Case(1, 4, 2, 1024, 1024, 64, dtype=torch.bfloat16, mask="sliding_window", window=256)),
+    ("sdpa.math", Case(1, 2, 2, 512, 512, 64, mask="causal", pass_="fwd+bwd")),
+    ("sdpa", Case(1, 4, 4, 1024, 1024, 64, mask="sliding_window", window=256)),
+])
+def test_prediction_is_conservative_but_close(name, case):
+    measured, inputs = _measure(name, case)
+    predicted = predict_peak_bytes(case, IMPLS[name])
+    # The prediction covers the inputs too; the measurement starts above them.
+    assert measured + inputs <= predicted < 3 * (measured + inputs)
+
+
+def test_unknown_implementations_are_predicted_as_fused():
+    case = Case(2, 8, 8, 4096, 4096, 64)
+    fused = predict_peak_bytes(case, Implementation(name="mylib.fast", build=eager.build))
+    elem = case.dtype.itemsize
+    assert fused < 3 * (2 * math.prod(case.q_shape) + 2 * math.prod(case.kv_shape)) * elem
+    assert fused < predict_peak_bytes(case, IMPLS["eager"]) / 20
+
+
+def test_vm_hwm_sees_touched_memory():
+    grown = vm_hwm_bytes_during(lambda: torch.ones(128 * MiB, dtype=torch.uint8))
+    if grown is None:
+        pytest.skip("VmHWM cannot be reset here")
+    assert grown >= 120 * MiB
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_bytes_cuda():
+    x = torch.ones(4 * MiB, dtype=torch.uint8, device="cuda")
+
+    def fn():
+        held = [torch.empty(10 * MiB, dtype=torch.uint8, device="cuda") for _ in range(3)]
+        del held
+        return x * 2
+
+    assert peak_bytes_cuda(fn) == 30 * MiB
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8GiB", 8 * 2**30),
+    ("8 gib", 8 * 2**30),
+    ("1.5GiB", 3 * 2**29),
+    ("512MiB", 512 * MiB),
+    ("512M", 512 * MiB),
+    ("2GB", 2 * 10**9),
+    ("100kb", 100_000),
+    ("4096", 4096),
+    ("4096B", 4096),
+    (".5K", 512),
+])
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "8 XB", "-1GiB", "1e3", "8GiB 2"])
+def test_parse_bytes_rejects(text):
+    with pytest.raises(ValueError, match="size"):
+        parse_bytes(text)
+
+
+def test_budget_from_a_fraction_or_a_size(monkeypatch):
+    monkeypatch.setattr("attnbench.measure.memory.available_memory_bytes", lambda: 10 * 2**30)
+    assert free_bytes("cpu") == 10 * 2**30
+    assert budget_bytes(0.5, "cpu") == 5 * 2**30
+    assert budget_bytes(1.0, "cpu") == 10 * 2**30
+    assert budget_bytes("80%", "cpu") == 8 * 2**30
+    assert budget_bytes("0.25", "cpu") == 10 * 2**30 // 4
+    assert budget_bytes("6GiB", "cpu") == 6 * 2**30
+    assert budget_bytes(1234, "cpu") == 1234
+    assert budget_bytes(1234.0, "cpu") == 1234
+    assert budget_bytes("1234", "cpu") == 1234
+
+
+@pytest.mark.parametrize("spec", [0, 0.0, -3, 1.5, float("nan"), float("inf"), "150%", "x%", "0GiB", True, None])
+def test_budget_rejects(spec):
+    with pytest.raises(ValueError, match="budget"):
+        budget_bytes(spec, "cpu")
