@@ -94,7 +94,7 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
         try:
             suite = load_suite(path)
         except SuiteError as exc:
-            Console(stderr=True).print(f"[bold red]invalid:[/] {_escape(str(exc))}")
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]invalid:[/] {_escape(str(exc))}")
             failed = True
             continue
         counts = ", ".join(f"{len(suite.cases(d))} {d} cases" for d in ("cpu", "cuda"))
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             traceback.print_exc()
-        Console(stderr=True).print(f"[bold red]error:[/] {_escape(str(exc))}")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {_escape(str(exc))}")
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130

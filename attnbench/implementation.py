@@ -47,6 +47,9 @@ class Implementation:
     - ``backward``: the returned callable is differentiable w.r.t. q, k and v.
     - ``layout``: ``"bhsd"`` (default) or ``"bshd"``; the runner transposes
       inputs and output outside the timed region.
+    - ``out``: the callable takes ``out=`` (a preallocated output, in the
+      layout, that it must fill completely and return); the runner passes a
+      NaN-poisoned buffer to catch unwritten elements.
     - ``exact``: computes exact attention; False for approximations, whose
       error is reported without a verdict.
     - ``ranked``: False keeps it off leaderboards (the float64 reference).
@@ -63,6 +66,7 @@ class Implementation:
     cross: bool = True
     backward: bool = False
     layout: str = "bhsd"
+    out: bool = False
     exact: bool = True
     ranked: bool = True
     params: dict = field(default_factory=dict)
@@ -117,6 +121,7 @@ class Implementation:
             "cross": self.cross,
             "backward": self.backward,
             "layout": self.layout,
+            "out": self.out,
             "exact": self.exact,
             "ranked": self.ranked,
             "params": dict(self.params),

@@ -117,6 +117,7 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         timeout_s=args.timeout or settings.timeout_s, memory_budget_bytes=budget,
         device_name=torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
         peak_tflops=args.peak_tflops, peak_gbps=args.peak_gbps,
+        worker_memory_bytes=budget if device == "cpu" else None,
     )
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,

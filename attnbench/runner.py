@@ -29,6 +29,7 @@ from attnbench.implementation import Implementation
 from attnbench.measure.correctness import Tolerance
 from attnbench.measure.timing import iqr
 from attnbench.results import MEASURED, Record
+from attnbench.worker import MEMORY_LIMIT_ENV
 
 WORKER_START_TIMEOUT_S = 180.0
 STDERR_TAIL_LINES = 12
@@ -57,6 +58,8 @@ class RunOptions:
     """A measured compute ceiling that replaces the published peak table (any device)."""
     peak_gbps: float | None = None
     """A measured bandwidth ceiling that replaces the published peak table (any device)."""
+    worker_memory_bytes: int | None = None
+    """CPU: address space each worker may add after start-up (RLIMIT_AS), so a greedy implementation fails alone."""
 
 
 class WorkerDied(Exception):
@@ -84,6 +87,14 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the runner dies, so no worker outlives a killed run."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class WorkerProcess:
     """One ``python -m attnbench.worker`` child, restarted after crashes and timeouts."""
 
@@ -101,6 +112,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "attnbench.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=self.env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self.starts += 1
 
@@ -216,6 +228,9 @@ class LocalExecutor:
 
     def __init__(self, options: RunOptions, env: dict[str, str] | None = None) -> None:
         self.options = options
+        env = dict(os.environ if env is None else env)
+        if options.worker_memory_bytes:
+            env[MEMORY_LIMIT_ENV] = str(options.worker_memory_bytes)
         self.workers = [WorkerProcess(i, env) for i in range(max(1, options.processes))]
 
     def __enter__(self) -> LocalExecutor:

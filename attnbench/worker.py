@@ -24,6 +24,8 @@ from attnbench.implementation import Implementation, Unsupported
 from attnbench.measure import correctness as corr
 from attnbench.measure.timing import Timing, time_cpu, time_cuda, warmup
 
+MEMORY_LIMIT_ENV = "ATTNBENCH_WORKER_MEMORY_BYTES"
+"""Bytes of address space a CPU worker may add after start-up (set by the runner from the memory budget)."""
 FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "CUBLAS_STATUS", "cudaError")
 OOM_MARKERS = ("out of memory", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc")
 
@@ -97,6 +99,14 @@ def make_step(fn: Callable, impl: Implementation, case: Case, inputs: corr.Input
     """The timed region for the case's pass: forward (no autograd), backward alone, or both."""
     q, k, v = (_to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
     if case.pass_ == "fwd":
+        if impl.out:
+            buffer = torch.empty_like(q)
+
+            def forward_into():
+                with torch.no_grad():
+                    return fn(q, k, v, out=buffer)
+            return forward_into
+
         def forward():
             with torch.no_grad():
                 return fn(q, k, v)
@@ -119,11 +129,18 @@ def _run_trial(fn: Callable, impl: Implementation, case: Case, inputs: corr.Inpu
     """Outputs (and gradients for backward cases) of one correctness call, back in bhsd layout."""
     q, k, v = (_to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
     if not case.needs_backward:
+        poisoned = torch.full_like(q, float("nan")) if impl.out else None
         with torch.no_grad():
-            out = fn(q, k, v)
+            out = fn(q, k, v) if poisoned is None else fn(q, k, v, out=poisoned)
         problem = corr.output_problem(_from_layout(out, impl.layout), case, inputs.q)
         if problem:
             raise _Incorrect(problem)
+        if poisoned is not None:
+            if out.data_ptr() != poisoned.data_ptr():
+                raise _Incorrect("declares out= but returned another tensor than the out buffer")
+            unwritten = int(torch.isnan(poisoned).sum())
+            if unwritten:
+                raise _Incorrect(f"left {unwritten} of {poisoned.numel()} elements of the out buffer unwritten")
         return (_from_layout(out, impl.layout),)
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     out = fn(q, k, v)
@@ -150,10 +167,12 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict) ->
     failure = None
     for trial in range(req.seeds):
         seed = req.seed * 1000 + trial
-        inputs, rows, expected, baseline = _REFERENCE.get(case, seed, req.max_rows)
-        copies = [t.clone() for t in (inputs.q, inputs.k, inputs.v)]
+        pristine, rows, expected, baseline = _REFERENCE.get(case, seed, req.max_rows)
+        # The implementation gets copies: a write into them is caught here and cannot
+        # corrupt the cached inputs that the next implementation is checked on.
+        inputs = corr.Inputs(*(None if t is None else t.clone() for t in (pristine.q, pristine.k, pristine.v, pristine.grad_out)))
         results = _run_trial(fn, impl, case, inputs)
-        for name, before, after in zip("qkv", copies, (inputs.q, inputs.k, inputs.v)):
+        for name, before, after in zip("qkv", (pristine.q, pristine.k, pristine.v), (inputs.q, inputs.k, inputs.v)):
             if not torch.equal(before, after):
                 raise _Incorrect(f"the implementation wrote into its input {name}")
         for name, got, exp, base in zip(GRAD_NAMES, results, expected, baseline):
@@ -279,6 +298,26 @@ def serve(registry_impls: dict[str, Implementation], requests, replies) -> None:
             os._exit(70)
 
 
+def limit_address_space(extra_bytes: int) -> None:
+    """Cap this process at what it maps now plus ``extra_bytes``.
+
+    An allocation past the budget then fails inside the worker (reported as
+    ``oom``) instead of the OS killing a process, perhaps not this one. Used on
+    CPU only: CUDA reserves vast virtual ranges, so RLIMIT_AS would break it.
+    """
+    import resource
+
+    # Start the intra-op thread pool first: its stacks are address space too.
+    torch.ones(256, 256) @ torch.ones(256, 256)
+    with open("/proc/self/status") as f:
+        vm_size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = vm_size + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
 def main() -> None:
     # Keep the protocol channel private: fd 1 becomes stderr for anything plugins print.
     replies = os.fdopen(os.dup(1), "w")
@@ -287,6 +326,8 @@ def main() -> None:
     from attnbench.plugins import load_registry
 
     registry = load_registry()
+    if os.environ.get(MEMORY_LIMIT_ENV):
+        limit_address_space(int(os.environ[MEMORY_LIMIT_ENV]))
     replies.write(json.dumps({"ready": True, "pid": os.getpid(), "plugin_errors": [p.to_dict() for p in registry.failures]}) + "\n")
     replies.flush()
     serve(registry.implementations, sys.stdin, replies)

@@ -1,0 +1,164 @@
+"""Results files in, leaderboard groups out.
+
+A group is one suite measured on one piece of hardware against one baseline,
+possibly by several runs (dates, torch versions). A pair (implementation, case)
+measured by more than one run of a group counts once: the newest run's record
+wins (``run.started``) and the others are counted as superseded. Speedups are
+always taken against the baseline record of the *same* run, so runs with
+different torch versions never divide each other's timings.
+
+Nothing here imports torch: the report commands must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnbench.errors import UserError
+from attnbench.results import Record, pair_key, read_results
+
+RESULTS_NAME = "results.json"
+
+
+@dataclass
+class Run:
+    """One results file: its ``run`` section and its records."""
+
+    info: dict[str, Any]
+    records: list[Record]
+    source: Path
+
+    @property
+    def id(self) -> str:
+        return str(self.info.get("id") or self.source.parent.name)
+
+    @property
+    def suite(self) -> str:
+        return str((self.info.get("suite") or {}).get("name") or "?")
+
+    @property
+    def hardware(self) -> str:
+        return str(self.info.get("hardware") or "?")
+
+    @property
+    def baseline(self) -> str:
+        return str(self.info.get("baseline") or "")
+
+    @property
+    def started(self) -> str:
+        return str(self.info.get("started") or "")
+
+    @property
+    def torch(self) -> str:
+        return str((self.info.get("environment") or {}).get("torch") or "?")
+
+
+@dataclass
+class Entry:
+    """A record, the run it came from, and that run's baseline record for the same case (if any)."""
+
+    run: Run
+    record: Record
+    baseline: Record | None
+
+
+@dataclass
+class Group:
+    """What one leaderboard is computed from."""
+
+    suite: str
+    hardware: str
+    baseline: str
+    runs: list[Run]
+    entries: list[Entry]
+    superseded: int = 0
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    """Distinct cases, in the order they first appear."""
+
+    @property
+    def title(self) -> str:
+        return f"{self.suite} · {self.hardware}"
+
+
+def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
+    """Read each results file (or run directory holding one); a bad file is a UserError naming it."""
+    runs = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            path = path / RESULTS_NAME
+        try:
+            data = read_results(path)
+            records = [Record.from_dict(r) for r in data["records"]]
+        except FileNotFoundError:
+            raise UserError(f"{given}: no such results file (give a results.json or a run directory)") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UserError(f"{given}: {exc}") from None
+        runs.append(Run(info=data.get("run") or {}, records=records, source=path))
+    return runs
+
+
+def case_key(case: dict[str, Any]) -> str:
+    return json.dumps(case, sort_keys=True)
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Groups by (suite, hardware, baseline), in the order first seen; newest record per pair."""
+    grouped: dict[tuple[str, str, str], list[Run]] = {}
+    for run in runs:
+        grouped.setdefault((run.suite, run.hardware, run.baseline), []).append(run)
+    groups = []
+    for (suite, hardware, baseline), members in grouped.items():
+        newest: dict[tuple, Entry] = {}
+        superseded = 0
+        cases: dict[str, dict] = {}
+        # Stable sort: among runs with the same start time the later argument wins.
+        for run in sorted(members, key=lambda r: r.started):
+            baselines = {case_key(r.case): r for r in run.records if r.impl == baseline}
+            for record in run.records:
+                key = pair_key(record.impl, record.case)
+                superseded += key in newest
+                newest[key] = Entry(run, record, baselines.get(case_key(record.case)))
+                cases.setdefault(case_key(record.case), record.case)
+        groups.append(Group(suite, hardware, baseline, members, list(newest.values()), superseded, list(cases.values())))
+    return groups
+
+
+def case_label(case: dict[str, Any]) -> str:
+    """Short label, e.g. ``B2 H8/2 N512x1024 D64 bfloat16 causal fwd``.
+
+    Mirrors ``Case.label`` without building a Case, which would import torch.
+    """
+    return f"{_heads(case)} N{_seq(case)} D{case['head_dim']} {_tail(case)}".replace("  ", " ")
+
+
+def family_label(case: dict[str, Any]) -> str:
+    """The case without its sequence length: what one chart's lines share."""
+    seq = "seq_q = seq_kv" if case["seq_q"] == case["seq_kv"] else f"seq_q {case['seq_q']}"
+    return f"{_heads(case)} D{case['head_dim']} {_tail(case)}, {seq}"
+
+
+def family_key(case: dict[str, Any]) -> str:
+    """Cases that differ only in sequence length share a family (seq_q moves with seq_kv, or stays fixed)."""
+    rest = {k: v for k, v in case.items() if k not in ("seq_q", "seq_kv")}
+    rest["seq_q"] = "=" if case["seq_q"] == case["seq_kv"] else case["seq_q"]
+    return json.dumps(rest, sort_keys=True)
+
+
+def _heads(case: dict[str, Any]) -> str:
+    heads = f"H{case['heads_q']}" if case["heads_q"] == case["heads_kv"] else f"H{case['heads_q']}/{case['heads_kv']}"
+    return f"B{case['batch']} {heads}"
+
+
+def _seq(case: dict[str, Any]) -> str:
+    return f"{case['seq_q']}" if case["seq_q"] == case["seq_kv"] else f"{case['seq_q']}x{case['seq_kv']}"
+
+
+def _tail(case: dict[str, Any]) -> str:
+    mask = case["mask"] if case["mask"] != "sliding_window" else f"window{case.get('window')}"
+    scale = "" if case.get("scale") is None else f" scale{case['scale']:g}"
+    return f"{case['dtype']} {mask}{scale} {case['pass']}"
