@@ -37,7 +37,8 @@ class Case:
     q is ``(batch, heads_q, seq_q, head_dim)``; k and v are
     ``(batch, heads_kv, seq_kv, head_dim)``; the output has q's shape.
     ``heads_q`` a multiple of ``heads_kv`` gives GQA (MQA when ``heads_kv == 1``).
-    Causal and sliding-window masks are bottom-right aligned (see ``attnbench.masks``).
+    Masks are bottom-right aligned (see ``attnbench.masks``); ``window`` belongs
+    to sliding_window and ``block`` to block_sparse, and is None otherwise.
     ``scale`` None means ``1/sqrt(head_dim)``.
     """
 
@@ -51,6 +52,7 @@ class Case:
     device: str = "cpu"
     mask: str = "none"
     window: int | None = None
+    block: int | None = None
     scale: float | None = None
     pass_: str = "fwd"
 
@@ -74,6 +76,11 @@ class Case:
                 raise ValueError(f"mask sliding_window needs a positive integer window, got {self.window!r}")
         elif self.window is not None:
             raise ValueError(f"window is only meaningful with mask sliding_window, not {self.mask!r}")
+        if self.mask == "block_sparse":
+            if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
+                raise ValueError(f"mask block_sparse needs a positive integer block, got {self.block!r}")
+        elif self.block is not None:
+            raise ValueError(f"block is only meaningful with mask block_sparse, not {self.mask!r}")
         if self.mask != "none" and self.seq_q > self.seq_kv:
             raise ValueError(
                 f"mask {self.mask} with seq_q ({self.seq_q}) > seq_kv ({self.seq_kv}) leaves query rows "
@@ -87,8 +94,8 @@ class Case:
     # --- derived properties -------------------------------------------------
     @property
     def causal(self) -> bool:
-        """True for any mask that hides future keys (causal and sliding window)."""
-        return self.mask in ("causal", "sliding_window")
+        """True for any mask that hides future keys (all but none)."""
+        return self.mask != "none"
 
     @property
     def gqa(self) -> bool:
@@ -125,7 +132,7 @@ class Case:
     # --- FLOP and byte model -------------------------------------------------
     def visible_pairs(self) -> int:
         """Unmasked (query, key) pairs over all batches and query heads."""
-        return self.batch * self.heads_q * count_visible_pairs(self.mask, self.window, self.seq_q, self.seq_kv)
+        return self.batch * self.heads_q * count_visible_pairs(self.mask, self.window, self.seq_q, self.seq_kv, block=self.block)
 
     def forward_flops(self) -> int:
         """Useful forward FLOPs: QK^T and PV, 2 x head_dim each, per unmasked pair."""
@@ -154,15 +161,21 @@ class Case:
         """Short human label, e.g. ``B2 H8/2 512x1024 D64 bfloat16 causal fwd``."""
         heads = f"H{self.heads_q}" if not self.gqa else f"H{self.heads_q}/{self.heads_kv}"
         seq = f"{self.seq_q}" if self.seq_q == self.seq_kv else f"{self.seq_q}x{self.seq_kv}"
-        mask = self.mask if self.mask != "sliding_window" else f"window{self.window}"
+        mask = {"sliding_window": f"window{self.window}", "block_sparse": f"block_sparse{self.block}"}.get(self.mask, self.mask)
         scale = "" if self.scale is None else f" scale{self.scale:g}"
         return f"B{self.batch} {heads} N{seq} D{self.head_dim} {self.dtype_name} {mask}{scale} {self.pass_}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields by name; ``pass_`` is written as ``pass``."""
+        """JSON-ready fields by name; ``pass_`` is written as ``pass``.
+
+        ``block`` is written only for block_sparse cases, so every other case keeps
+        the keys (and the journal keys of resumed runs) it had before the field existed.
+        """
         out = asdict(self)
         out["dtype"] = self.dtype_name
         out["pass"] = out.pop("pass_")
+        if self.block is None:
+            del out["block"]
         return out
 
     @classmethod

@@ -6,13 +6,22 @@ FLOP model, so that what is counted is exactly what is computed.
 Positions are bottom-right aligned: query ``i`` of ``seq_q`` sits at key
 position ``i + seq_kv - seq_q`` (FlashAttention's convention, and the one that
 makes decoding with ``seq_q == 1`` see the whole cache).
+
+``block_sparse`` is causal attention thinned to whole blocks of ``block``
+positions. A query at position ``p`` lies in block ``p // block``; key block
+``kb`` is visible ``d = p // block - kb`` blocks back when ``d`` is 0 (its own
+block, up to ``p``), a power of two (1, 2, 4, 8, ...: the previous block and
+LogSparse-style blocks at doubling distances), or when ``kb == 0`` (a global
+first block, as BigBird's global tokens and attention sinks). A row sees
+O(block x log(seq / block)) keys, and the hull of what it sees is causal's
+``[0, p]``.
 """
 
 from __future__ import annotations
 
 import torch
 
-MASKS = ("none", "causal", "sliding_window")
+MASKS = ("none", "causal", "sliding_window", "block_sparse")
 """Mask kinds a suite may name."""
 
 
@@ -23,12 +32,16 @@ def query_positions(seq_q: int, seq_kv: int) -> range:
 
 
 def visible_bounds(mask: str, window: int | None, seq_q: int, seq_kv: int, row: int) -> tuple[int, int]:
-    """Half-open key range ``[lo, hi)`` that query ``row`` attends to."""
+    """Smallest half-open key range ``[lo, hi)`` holding every key query ``row`` attends to.
+
+    Exactly the visible keys for none, causal and sliding_window; block_sparse
+    leaves holes inside the range. Both ends never decrease from row to row.
+    """
     if mask == "none":
         return 0, seq_kv
     pos = row + seq_kv - seq_q
     hi = max(0, min(pos + 1, seq_kv))
-    if mask == "causal":
+    if mask in ("causal", "block_sparse"):
         return 0, hi
     if mask == "sliding_window":
         assert window is not None and window > 0
@@ -36,10 +49,12 @@ def visible_bounds(mask: str, window: int | None, seq_q: int, seq_kv: int, row: 
     raise ValueError(f"unknown mask {mask!r}")
 
 
-def count_visible_pairs(mask: str, window: int | None, seq_q: int, seq_kv: int) -> int:
+def count_visible_pairs(mask: str, window: int | None, seq_q: int, seq_kv: int, *, block: int | None = None) -> int:
     """Exact number of unmasked (query, key) pairs for one (batch, head)."""
     if mask == "none":
         return seq_q * seq_kv
+    if mask == "block_sparse":
+        return sum(_block_sparse_row_count(pos, _block_size(block)) for pos in query_positions(seq_q, seq_kv))
     total = 0
     for row in range(seq_q):
         lo, hi = visible_bounds(mask, window, seq_q, seq_kv, row)
@@ -47,7 +62,23 @@ def count_visible_pairs(mask: str, window: int | None, seq_q: int, seq_kv: int) 
     return total
 
 
-def dense_mask(mask: str, window: int | None, seq_q: int, seq_kv: int, device: str | torch.device = "cpu") -> torch.Tensor | None:
+def _block_sparse_row_count(pos: int, block: int) -> int:
+    """Keys a query at ``pos`` sees: its own block up to itself, whole blocks at power-of-two distances, block 0."""
+    own = pos // block
+    count = pos - own * block + 1
+    distance = 1
+    while distance <= own:
+        count += block
+        distance *= 2
+    # Block 0 is counted above when its distance is a power of two (or 0), else it is added here.
+    if own > 0 and own & (own - 1):
+        count += block
+    return count
+
+
+def dense_mask(
+    mask: str, window: int | None, seq_q: int, seq_kv: int, device: str | torch.device = "cpu", *, block: int | None = None
+) -> torch.Tensor | None:
     """Boolean ``(seq_q, seq_kv)`` tensor, True where attention is allowed; None for no mask."""
     if mask == "none":
         return None
@@ -57,12 +88,30 @@ def dense_mask(mask: str, window: int | None, seq_q: int, seq_kv: int, device: s
     if mask == "sliding_window":
         assert window is not None and window > 0
         allowed &= k_pos > q_pos - window
+    elif mask == "block_sparse":
+        allowed &= _block_sparse_allowed(q_pos, k_pos, _block_size(block))
     elif mask != "causal":
         raise ValueError(f"unknown mask {mask!r}")
     return allowed
 
 
-def mask_mod(mask: str, window: int | None, seq_q: int, seq_kv: int):
+def _block_sparse_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> torch.Tensor:
+    """The block pattern, causality aside: block distance 0 or a power of two, or key block 0.
+
+    Integer tensor ops only, so the same expression serves ``dense_mask`` and FlexAttention's ``mask_mod``.
+    """
+    distance = q_pos // block - k_pos // block
+    # d & (d - 1) == 0 holds for d = 0 and powers of two (negative distances are in the future, hidden anyway).
+    return ((distance & (distance - 1)) == 0) | (k_pos < block)
+
+
+def _block_size(block: int | None) -> int:
+    if block is None or block < 1:
+        raise ValueError(f"mask block_sparse needs a positive block size, got {block!r}")
+    return block
+
+
+def mask_mod(mask: str, window: int | None, seq_q: int, seq_kv: int, *, block: int | None = None):
     """FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for the same mask; None for no mask."""
     offset = seq_kv - seq_q
     if mask == "none":
@@ -76,4 +125,11 @@ def mask_mod(mask: str, window: int | None, seq_q: int, seq_kv: int):
             pos = q_idx + offset
             return (kv_idx <= pos) & (kv_idx > pos - window)
         return sliding
+    if mask == "block_sparse":
+        size = _block_size(block)
+
+        def block_sparse(b, h, q_idx, kv_idx):
+            pos = q_idx + offset
+            return (kv_idx <= pos) & _block_sparse_allowed(pos, kv_idx, size)
+        return block_sparse
     raise ValueError(f"unknown mask {mask!r}")

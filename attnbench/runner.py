@@ -41,7 +41,7 @@ class RunOptions:
 
     seed: int = 0
     seeds: int = 3
-    max_rows: int | None = 4096
+    max_rows: int | None = 2048
     tolerance: Tolerance = field(default_factory=Tolerance)
     processes: int = 2
     min_time_s: float = 1.0

@@ -176,10 +176,13 @@ AXES: dict[str, Key] = {
                   default_text="seq_q", minimum=1),
     "head_dim": Key("integer", 64, "Dimension of each head.", minimum=1),
     "dtype": Key("string", "float32", "Element type of q, k and v.", choices=tuple(DTYPES)),
-    "mask": Key("string", "none", "Attention mask; causal and sliding_window are bottom-right aligned.",
-                choices=MASKS),
+    "mask": Key("string", "none", "Attention mask, bottom-right aligned: causal, sliding_window (needs window) "
+                "or block_sparse (needs block).", choices=MASKS),
     "window": Key("integer", None, "Keys each query sees under sliding_window, itself included. Dropped for "
                   "other masks (duplicate cases that leaves are removed).", nullable=True, minimum=1),
+    "block": Key("integer", None, "Block size in positions under block_sparse: each query sees its own block up "
+                 "to itself, the blocks 1, 2, 4, 8, ... blocks back, and the first block. Dropped for other masks.",
+                 nullable=True, minimum=1),
     "scale": Key("number", None, "Softmax scale; null means 1/sqrt(head_dim).", minimum=0, exclusive=True,
                  nullable=True),
     "pass": Key("string", "fwd", "What is timed: the forward call, the backward call alone, or both.",
@@ -533,10 +536,12 @@ _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]+)\s*$")
 _SETS: dict[str, tuple[str, ...]] = {
     "tokens": ("batch",), "model_dim": ("heads_q",), "seq": ("seq_q", "seq_kv"), "pass": ("pass_",),
 }
-_FIELDS = ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim", "dtype", "mask", "window", "scale", "pass_")
+_FIELDS = ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim", "dtype", "mask", "window", "block", "scale",
+           "pass_")
 # Case fields from slowest- to fastest-varying in the product.
-_ORDER = ("pass_", "dtype", "mask", "window", "scale", "head_dim", "heads_q", "heads_kv", "batch", "seq_q", "seq_kv")
-_MENTIONED = re.compile(r"\b(batch|heads_q|heads_kv|seq_q|seq_kv|head_dim|dtype|mask|window|scale)\b")
+_ORDER = ("pass_", "dtype", "mask", "window", "block", "scale", "head_dim", "heads_q", "heads_kv", "batch", "seq_q",
+          "seq_kv")
+_MENTIONED = re.compile(r"\b(batch|heads_q|heads_kv|seq_q|seq_kv|head_dim|dtype|mask|window|block|scale)\b")
 
 
 def _sets(axis: str) -> tuple[str, ...]:
@@ -702,6 +707,8 @@ def _derive(check: _Checker, values: dict[str, Any], origin: dict[str, tuple[_Ax
     origin.setdefault("heads_kv", origin["heads_q"])
     if values["mask"] != "sliding_window":
         values["window"] = None
+    if values["mask"] != "block_sparse":
+        values["block"] = None
 
 
 def _case(check: _Checker, values: dict[str, Any], origin: dict[str, tuple[_Axis, int | None]], device: str,

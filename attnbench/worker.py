@@ -41,7 +41,7 @@ class Request:
     memory: bool
     timing: bool
     seeds: int = 3
-    max_rows: int | None = 4096
+    max_rows: int | None = 2048
     tolerance: corr.Tolerance | None = None
     min_time_s: float = 1.0
     min_samples: int = 5
@@ -159,6 +159,16 @@ class _Incorrect(Exception):
     """The implementation ran but its result is unacceptable (shape, dtype, mutation...)."""
 
 
+MEMORY_TRIAL = 1
+"""The correctness trial whose call is also the memory measurement: the second, so one-time
+allocations of the first call (oneDNN primitives, cuBLAS workspaces) are not counted."""
+
+
+def _memory_from_trials(req: Request) -> bool:
+    """Whether a correctness trial can double as the memory measurement (its call is the timed step's)."""
+    return req.memory and req.correctness and req.seeds > MEMORY_TRIAL and req.case.pass_ != "bwd"
+
+
 def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict) -> str | None:
     """Run ``req.seeds`` fresh trials; fill error metrics (worst over trials); return the failure reason or None."""
     case = req.case
@@ -171,7 +181,16 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict) ->
         # The implementation gets copies: a write into them is caught here and cannot
         # corrupt the cached inputs that the next implementation is checked on.
         inputs = corr.Inputs(*(None if t is None else t.clone() for t in (pristine.q, pristine.k, pristine.v, pristine.grad_out)))
-        results = _run_trial(fn, impl, case, inputs)
+        if trial == MEMORY_TRIAL and _memory_from_trials(req):
+            box: list = []
+
+            def trial_call(box=box, inputs=inputs):
+                box.append(_run_trial(fn, impl, case, inputs))
+
+            metrics["peak_bytes"] = _measure_memory(trial_call, case.device)
+            results = box[0]
+        else:
+            results = _run_trial(fn, impl, case, inputs)
         for name, before, after in zip("qkv", (pristine.q, pristine.k, pristine.v), (inputs.q, inputs.k, inputs.v)):
             if not torch.equal(before, after):
                 raise _Incorrect(f"the implementation wrote into its input {name}")
@@ -250,13 +269,16 @@ def measure(impl: Implementation, req: Request) -> dict:
             raise _Incorrect(f"build returned {type(fn).__name__}, not a callable")
         warm = False
         if req.correctness:
-            failure = _check_correctness(fn, impl, req, metrics)
+            try:
+                failure = _check_correctness(fn, impl, req, metrics)
+            except _Incorrect as exc:  # unusable output: still timed, as every incorrect result is
+                failure = str(exc)
             warm = True
             if failure:
                 reply.update(status="incorrect", reason=failure)
         timing_inputs = corr.make_inputs(case, req.seed * 1000 + 999)
         step = make_step(fn, impl, case, timing_inputs)
-        if req.memory:
+        if req.memory and not _memory_from_trials(req):
             if not warm:
                 # One-time allocations (oneDNN primitives, cuBLAS workspaces) are not the call's memory.
                 warmup(step, 1, case.device)

@@ -13,7 +13,7 @@ from attnbench.masks import MASKS, dense_mask
 def build(case: Case):
     scale = case.softmax_scale
     group = case.group_size
-    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=case.device)
+    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=case.device, block=case.block)
     hidden = None if allowed is None else ~allowed
 
     def eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ def build(case: Case):
     if case.needs_backward and case.device == "cpu":
         # Said up front: torch raises this only after compiling the forward.
         raise Unsupported(f"FlexAttention has no CPU backward (torch {torch.__version__})")
-    mod = mask_mod(case.mask, case.window, case.seq_q, case.seq_kv)
+    mod = mask_mod(case.mask, case.window, case.seq_q, case.seq_kv, block=case.block)
     block_mask = None
     if mod is not None:
         block_mask = create_block_mask(mod, None, None, case.seq_q, case.seq_kv, device=case.device)

@@ -17,7 +17,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case:
         k = k.repeat_interleave(case.group_size, dim=1)
         v = v.repeat_interleave(case.group_size, dim=1)
     scores = (q @ k.transpose(-2, -1)) * case.softmax_scale
-    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=q.device)
+    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=q.device, block=case.block)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v

@@ -42,7 +42,7 @@ def mask_arguments(case: Case, seq_q: int, seq_kv: int) -> dict:
         if seq_q == seq_kv:
             return {"is_causal": True}
         return {"attn_mask": causal_lower_right(seq_q, seq_kv)}
-    return {"attn_mask": dense_mask(case.mask, case.window, seq_q, seq_kv, device=case.device)}
+    return {"attn_mask": dense_mask(case.mask, case.window, seq_q, seq_kv, device=case.device, block=case.block)}
 
 
 def _make_call(case: Case, backend: SDPBackend | None, seq_q: int, seq_kv: int):

@@ -78,7 +78,7 @@ def math_attention(
     if case.gqa:
         k = k.repeat_interleave(case.group_size, dim=1)
         v = v.repeat_interleave(case.group_size, dim=1)
-    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=q.device)
+    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=q.device, block=case.block)
     row_index = torch.arange(case.seq_q, device=q.device) if rows is None else rows.to(q.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, case.batch * case.heads_q * case.seq_kv))
     outputs = []

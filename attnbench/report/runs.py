@@ -133,7 +133,7 @@ def case_label(case: dict[str, Any]) -> str:
 
     Mirrors ``Case.label`` without building a Case, which would import torch.
     """
-    return f"{_heads(case)} N{_seq(case)} D{case['head_dim']} {_tail(case)}".replace("  ", " ")
+    return f"{_heads(case)} N{_seq(case)} D{case['head_dim']} {_tail(case)}"
 
 
 def family_label(case: dict[str, Any]) -> str:

@@ -1,0 +1,96 @@
+"""Leaderboards as text: the cells of a standing, shared by the HTML page and the rich tables of ``attnbench report``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from attnbench.report.rank import CONFIDENCE, Leaderboard, Standing
+
+INTERVAL_HEADING = f"{CONFIDENCE:.0%} interval"
+
+
+@dataclass
+class Line:
+    """A standing's cells, formatted once."""
+
+    rank: str
+    impl: str
+    tied: str
+    plugin: str
+    version: str
+    score: str
+    interval: str
+    scored: str
+    coverage: str
+    pass_rate: str
+    memory: str
+    error: str
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.3g}×"
+
+
+def _unscored_reason(s: Standing) -> str:
+    if s.passed == 0:
+        return "no case ran correctly"
+    return "no correct case with a correct baseline in the same run"
+
+
+def line(s: Standing) -> Line:
+    pass_rate = "" if s.pass_rate is None else f"{s.pass_rate:.0%} ({s.passed}/{s.attempted})"
+    error = "" if s.rel_err_median is None else f"{s.rel_err_median:.1e} / {s.rel_err_max:.1e}"
+    return Line(
+        rank="—" if s.rank is None else str(s.rank),
+        impl=s.impl,
+        tied="≈ " + ", ".join(s.tied_with) if s.tied_with else "",
+        plugin=s.plugin,
+        version=s.version,
+        score=_ratio(s.score) if s.score is not None else _unscored_reason(s),
+        interval="" if s.low is None else f"{s.low:.3g}–{s.high:.3g}×",
+        scored=str(s.cases_scored),
+        coverage=f"{s.cases_supported}/{s.cases_total} ({s.coverage:.0%})",
+        pass_rate=pass_rate,
+        memory=_ratio(s.memory_ratio),
+        error=error,
+    )
+
+
+def _table(title: str, standings: list[Standing], with_error: bool) -> Table:
+    table = Table(title=escape(title), title_justify="left")
+    columns = [("rank", "right"), ("implementation", "left"), ("score", "right"), (INTERVAL_HEADING, "right"),
+               ("tied with", "left"), ("cases scored", "right"), ("coverage", "right"), ("pass rate", "right"),
+               ("memory", "right"), ("plugin", "left"), ("version", "left")]
+    if with_error:
+        columns.append(("rel err median / worst", "right"))
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for s in standings:
+        c = line(s)
+        cells = [c.rank, c.impl, c.score, c.interval, c.tied, c.scored, c.coverage, c.pass_rate, c.memory, c.plugin, c.version]
+        if with_error:
+            cells.append(c.error)
+        table.add_row(*(escape(x) for x in cells), style="bold" if s.rank == 1 else None)
+    return table
+
+
+def print_leaderboards(console: Console, boards: list[Leaderboard]) -> None:
+    """One table per suite and hardware (exact implementations), then the approximate ones and the unranked."""
+    for board in boards:
+        g = board.group
+        runs = ", ".join(f"{r.id} (torch {r.torch})" for r in g.runs)
+        heading = f"{g.title} — speedup over {g.baseline or 'no baseline'}, {len(g.cases)} cases; runs: {runs}"
+        console.print(_table(heading, board.exact, with_error=False))
+        if board.approximate:
+            console.print(_table(f"{g.title} — approximate implementations", board.approximate, with_error=True))
+        if board.unranked:
+            console.print(f"[dim]not ranked: {escape(', '.join(s.impl for s in board.unranked))}[/]")
+        if g.superseded:
+            console.print(f"[dim]{g.superseded} records superseded by newer runs of the same pairs[/]")
+    console.print(f"[dim]Score: geometric-mean speedup over the baseline across the cases run correctly (no credit for a "
+                  f"wrong case); {INTERVAL_HEADING}s overlap = tied; rank = 1 + the number of implementations "
+                  f"entirely above.[/]")

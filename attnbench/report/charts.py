@@ -1,0 +1,265 @@
+"""The report's charts, drawn in Python as inline SVG.
+
+Why inline SVG from Python rather than a JavaScript charting library: the page
+must open from the filesystem with no network, so a library would have to ship
+inside attnbench (hundreds of KB, a licence and a version to track) and its
+failures would only show in a browser. SVG written here costs no dependency,
+needs no script to appear, is a few hundred bytes per chart, prints, and can be
+asserted on as text in tests. Hover works natively: every point carries a
+``<title>`` with its exact value, which browsers show as a tooltip.
+
+Every string that reaches the SVG passes through ``markupsafe.escape`` here,
+plugin-provided names and reasons included; only the assembled SVG is marked
+safe for the template.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from markupsafe import Markup, escape
+
+from attnbench.report.runs import Entry, case_label
+from attnbench.report.terminal import format_bytes, format_time, noise
+from attnbench.results import MEASURED
+
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#7f7f7f", "#bcbd22", "#000000", "#9467bd")
+"""Okabe-Ito's colour-blind-safe colours, then a few more; markers change when colours repeat."""
+MARKERS = ("circle", "square", "triangle", "diamond")
+
+PLOT_W, PLOT_H = 360, 200
+LEFT, TOP, BOTTOM = 64, 28, 40
+LEGEND_W = 170
+POINT_R = 3.5
+MAX_X_TICKS = 8
+STRIP_SLOT = 44
+"""Horizontal room per implementation in the error chart."""
+STRIP_LABEL_ROOM = 80
+"""Room under the error chart for slanted implementation names."""
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+    tip: str
+    hollow: bool = False
+    """Drawn as an outline: a measurement that failed the correctness rule."""
+
+
+@dataclass
+class Series:
+    name: str
+    points: list[Point] = field(default_factory=list)
+    stops: list[Point] = field(default_factory=list)
+    """Where the series ran out of memory or was skipped: marked along the top with a dashed frontier."""
+
+
+class Palette:
+    """A colour and marker per implementation, the same in every chart of the page."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._index = {name: i for i, name in enumerate(sorted(set(names)))}
+
+    def color(self, name: str) -> str:
+        return PALETTE[self._index.get(name, 0) % len(PALETTE)]
+
+    def marker(self, name: str) -> str:
+        return MARKERS[self._index.get(name, 0) // len(PALETTE) % len(MARKERS)]
+
+
+def _num(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def _marker(shape: str, x: float, y: float, color: str, hollow: bool, tip: str) -> str:
+    paint = f'fill="#fff" stroke="{color}" stroke-width="1.5"' if hollow else f'fill="{color}"'
+    title = f"<title>{escape(tip)}</title>"
+    r = POINT_R
+    if shape == "circle":
+        return f'<circle cx="{_num(x)}" cy="{_num(y)}" r="{r}" {paint}>{title}</circle>'
+    if shape == "square":
+        return f'<rect x="{_num(x - r)}" y="{_num(y - r)}" width="{2 * r}" height="{2 * r}" {paint}>{title}</rect>'
+    corners = ((0, -r - 1), (r + 1, r), (-r - 1, r)) if shape == "triangle" else ((0, -r - 1), (r + 1, 0), (0, r + 1), (-r - 1, 0))
+    pts = " ".join(f"{_num(x + dx)},{_num(y + dy)}" for dx, dy in corners)
+    return f'<polygon points="{pts}" {paint}>{title}</polygon>'
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Round ticks for a log axis: powers of ten, or 1-2-5 steps when the range spans less than two decades."""
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0**k for k in range(first, last + 1) for m in mantissas if lo <= m * 10.0**k <= hi]
+        if len(ticks) >= 3:
+            return ticks
+    return [lo, hi] if lo != hi else [lo]
+
+
+class _LogAxis:
+    """Maps values to pixels on a log scale, padded so that points do not sit on the frame."""
+
+    def __init__(self, values: list[float], pixels: float, flip: bool) -> None:
+        lo, hi = min(values), max(values)
+        if lo == hi:
+            lo, hi = lo / 2, hi * 2
+        pad = (math.log(hi) - math.log(lo)) * 0.06
+        self.lo, self.hi = math.exp(math.log(lo) - pad), math.exp(math.log(hi) + pad)
+        self.pixels, self.flip = pixels, flip
+
+    def __call__(self, v: float) -> float:
+        frac = (math.log(v) - math.log(self.lo)) / (math.log(self.hi) - math.log(self.lo))
+        return self.pixels * (1 - frac if self.flip else frac)
+
+
+def _frame(width: int, height: int, title: str, body: list[str]) -> Markup:
+    head = (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+            f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}">'
+            f'<text class="chart-title" x="{LEFT}" y="16">{escape(title)}</text>')
+    return Markup(head + "".join(body) + "</svg>")
+
+
+def _y_grid(axis: _LogAxis, fmt: Callable[[float], str], width: float) -> list[str]:
+    out = []
+    for t in log_ticks(axis.lo, axis.hi):
+        y = TOP + axis(t)
+        out.append(f'<line class="grid" x1="{LEFT}" x2="{_num(LEFT + width)}" y1="{_num(y)}" y2="{_num(y)}"/>'
+                   f'<text class="tick" x="{LEFT - 6}" y="{_num(y + 4)}" text-anchor="end">{escape(fmt(t))}</text>')
+    return out
+
+
+def _legend(series: list[Series], palette: Palette, x: float) -> list[str]:
+    out = []
+    for i, s in enumerate(series):
+        y = TOP + 8 + 16 * i
+        out.append(_marker(palette.marker(s.name), x, y, palette.color(s.name), False, s.name))
+        out.append(f'<text class="legend" x="{_num(x + 10)}" y="{_num(y + 4)}">{escape(s.name)}</text>')
+    return out
+
+
+def line_chart(title: str, x_label: str, y_label: str, series: list[Series], palette: Palette,
+               y_format: Callable[[float], str]) -> Markup | None:
+    """Log-log lines, one per series; hollow points for incorrect results; stops marked along the top."""
+    series = [s for s in series if s.points or s.stops]
+    ys = [p.y for s in series for p in s.points if p.y > 0]
+    xs = sorted({p.x for s in series for p in s.points + s.stops if p.x > 0})
+    if not xs or not (ys or any(s.stops for s in series)):
+        return None
+    x_axis = _LogAxis(xs, PLOT_W, flip=False)
+    y_axis = _LogAxis(ys or [1.0], PLOT_H, flip=True)
+    height = TOP + PLOT_H + BOTTOM
+    body = [f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>']
+    body += _y_grid(y_axis, y_format, PLOT_W)
+    step = max(1, math.ceil(len(xs) / MAX_X_TICKS))
+    for x in xs[::step]:
+        px = LEFT + x_axis(x)
+        body.append(f'<text class="tick" x="{_num(px)}" y="{TOP + PLOT_H + 16}" text-anchor="middle">{x:g}</text>')
+    body.append(f'<text class="axis" x="{LEFT + PLOT_W / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>')
+    body.append(f'<text class="axis" transform="rotate(-90)" x="{-(TOP + PLOT_H / 2)}" y="14" text-anchor="middle">{escape(y_label)}</text>')
+    for s in series:
+        color, shape = palette.color(s.name), palette.marker(s.name)
+        pts = sorted((p for p in s.points if p.y > 0), key=lambda p: p.x)
+        if len(pts) > 1:
+            path = " ".join(f"{_num(LEFT + x_axis(p.x))},{_num(TOP + y_axis(p.y))}" for p in pts)
+            body.append(f'<polyline class="line" points="{path}" stroke="{color}"/>')
+        body += [_marker(shape, LEFT + x_axis(p.x), TOP + y_axis(p.y), color, p.hollow, p.tip) for p in pts]
+        if s.stops:
+            frontier = LEFT + x_axis(min(p.x for p in s.stops))
+            body.append(f'<line class="frontier" x1="{_num(frontier)}" x2="{_num(frontier)}" y1="{TOP}" '
+                        f'y2="{TOP + PLOT_H}" stroke="{color}"/>')
+            body += [f'<text class="stop" x="{_num(LEFT + x_axis(p.x))}" y="{TOP + 10}" text-anchor="middle" '
+                     f'fill="{color}">✕<title>{escape(p.tip)}</title></text>' for p in s.stops]
+    body += _legend(series, palette, LEFT + PLOT_W + 16)
+    return _frame(LEFT + PLOT_W + LEGEND_W, height, title, body)
+
+
+def strip_chart(title: str, y_label: str, series: list[Series], palette: Palette,
+                y_format: Callable[[float], str]) -> Markup | None:
+    """One column of points per series (the x of each point is ignored): a distribution per implementation."""
+    series = [s for s in series if any(p.y > 0 for p in s.points)]
+    if not series:
+        return None
+    y_axis = _LogAxis([p.y for s in series for p in s.points if p.y > 0], PLOT_H, flip=True)
+    width = max(PLOT_W, STRIP_SLOT * len(series))
+    height = TOP + PLOT_H + STRIP_LABEL_ROOM
+    body = [f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{width}" height="{PLOT_H}"/>']
+    body += _y_grid(y_axis, y_format, width)
+    body.append(f'<text class="axis" transform="rotate(-90)" x="{-(TOP + PLOT_H / 2)}" y="14" text-anchor="middle">{escape(y_label)}</text>')
+    slot = width / len(series)
+    for i, s in enumerate(series):
+        center = LEFT + slot * (i + 0.5)
+        color, shape = palette.color(s.name), palette.marker(s.name)
+        # Spread a column's points a little sideways so that equal errors stay hoverable.
+        body += [_marker(shape, center + (j % 5 - 2) * 2.5, TOP + y_axis(p.y), color, p.hollow, p.tip)
+                 for j, p in enumerate(s.points) if p.y > 0]
+        label_y = TOP + PLOT_H + 14
+        body.append(f'<text class="tick" x="{_num(center)}" y="{label_y}" text-anchor="end" '
+                    f'transform="rotate(-35 {_num(center)} {label_y})">{escape(s.name)}</text>')
+    return _frame(LEFT + width + 16, height, title, body)
+
+
+# --- the report's charts -------------------------------------------------------
+
+def _by_impl(entries: list[Entry]) -> dict[str, Series]:
+    series: dict[str, Series] = {}
+    for e in sorted(entries, key=lambda e: e.record.impl):
+        series.setdefault(e.record.impl, Series(e.record.impl))
+    return series
+
+
+def _tip(e: Entry, value: str) -> str:
+    r = e.record
+    verdict = "" if r.status == "ok" else f" ✗ {r.status}: {r.reason}"
+    return f"{r.impl} · {case_label(r.case)} · {e.run.hardware}: {value}{verdict}"
+
+
+def _measured(e: Entry, metric: str) -> bool:
+    return e.record.status in MEASURED and (e.record.metrics.get(metric) or 0) > 0
+
+
+def time_chart(entries: list[Entry], palette: Palette) -> Markup | None:
+    """Median time per call vs sequence length, one line per implementation."""
+    series = _by_impl(entries)
+    for e in entries:
+        if _measured(e, "time_ms_median"):
+            m = e.record.metrics
+            tip = _tip(e, f"{format_time(m['time_ms_median'])} ± {100 * noise(e.record):.0f}% noise")
+            series[e.record.impl].points.append(Point(e.record.case["seq_kv"], m["time_ms_median"], tip, e.record.status != "ok"))
+    return line_chart("Time per call", "sequence length (keys)", "median time", list(series.values()), palette, format_time)
+
+
+def tflops_chart(entries: list[Entry], palette: Palette) -> Markup | None:
+    """Useful TFLOP/s vs sequence length."""
+    series = _by_impl(entries)
+    for e in entries:
+        if _measured(e, "tflops"):
+            value = e.record.metrics["tflops"]
+            tip = _tip(e, f"{value:.3g} TFLOP/s")
+            series[e.record.impl].points.append(Point(e.record.case["seq_kv"], value, tip, e.record.status != "ok"))
+    return line_chart("Throughput", "sequence length (keys)", "TFLOP/s", list(series.values()), palette, lambda v: f"{v:g}")
+
+
+def memory_chart(entries: list[Entry], palette: Palette) -> Markup | None:
+    """Peak memory above the inputs vs sequence length; out-of-memory and skipped cases marked at the top."""
+    series = _by_impl(entries)
+    for e in entries:
+        r = e.record
+        if (r.metrics.get("peak_bytes") or 0) > 0:
+            tip = _tip(e, format_bytes(r.metrics["peak_bytes"]))
+            series[r.impl].points.append(Point(r.case["seq_kv"], r.metrics["peak_bytes"], tip, r.status != "ok"))
+        elif r.status in ("oom", "skipped"):
+            series[r.impl].stops.append(Point(r.case["seq_kv"], 0, f"{r.impl} · {case_label(r.case)}: {r.status}: {r.reason}"))
+    return line_chart("Peak memory (✕ out of memory or skipped)", "sequence length (keys)", "peak bytes above inputs",
+                      list(series.values()), palette, format_bytes)
+
+
+def error_chart(entries: list[Entry], palette: Palette) -> Markup | None:
+    """Relative error against float64 per implementation, one point per case."""
+    series = _by_impl(entries)
+    for e in entries:
+        err = e.record.metrics.get("rel_err")
+        if e.record.status in MEASURED and err:
+            series[e.record.impl].points.append(Point(0, err, _tip(e, f"rel err {err:.2e}"), e.record.status != "ok"))
+    return strip_chart("Relative error vs float64 (hollow: failed the pass rule)", "relative L2 error",
+                       list(series.values()), palette, lambda v: f"{v:.0e}")
