@@ -34,6 +34,12 @@ BUILTIN_PLUGINS = (
     "attnbench.impls.sdpa",
     "attnbench.impls.flex",
     "attnbench.impls.chunked",
+    "attnbench.impls.sliding_window",
+    "attnbench.impls.block_sparse",
+    "attnbench.impls.linformer",
+    "attnbench.impls.int8",
+    "attnbench.impls.performer",
+    "attnbench.impls.seed",
 )
 
 
