@@ -11,6 +11,8 @@ from rich.table import Table
 from attnbench.report.rank import CONFIDENCE, Leaderboard, Standing
 
 INTERVAL_HEADING = f"{CONFIDENCE:.0%} interval"
+TIED_NAMES_SHOWN = 3
+"""Names in a "tied with" cell before "+N more"; the full list goes in the cell's tooltip."""
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Line:
     rank: str
     impl: str
     tied: str
+    tied_all: str
     plugin: str
     version: str
     score: str
@@ -31,27 +34,40 @@ class Line:
     error: str
 
 
+def sig3(x: float) -> str:
+    """Three significant digits, trailing zeros kept (1.00, 0.120, 123)."""
+    return f"{x:#.3g}".rstrip(".")
+
+
 def _ratio(x: float | None) -> str:
-    return "" if x is None else f"{x:.3g}×"
+    return "" if x is None else f"{sig3(x)}×"
 
 
 def _unscored_reason(s: Standing) -> str:
+    if s.attempted == 0:
+        return "no case attempted"
     if s.passed == 0:
         return "no case ran correctly"
     return "no correct case with a correct baseline in the same run"
+
+
+def _tied(names: list[str]) -> str:
+    more = len(names) - TIED_NAMES_SHOWN
+    return ", ".join(names[:TIED_NAMES_SHOWN]) + (f" +{more} more" if more > 0 else "")
 
 
 def line(s: Standing) -> Line:
     pass_rate = "" if s.pass_rate is None else f"{s.pass_rate:.0%} ({s.passed}/{s.attempted})"
     error = "" if s.rel_err_median is None else f"{s.rel_err_median:.1e} / {s.rel_err_max:.1e}"
     return Line(
-        rank="—" if s.rank is None else str(s.rank),
+        rank="—" if s.rank is None else f"{s.rank}{' ≈' if s.tied_with else ''}",
         impl=s.impl,
-        tied="≈ " + ", ".join(s.tied_with) if s.tied_with else "",
+        tied=_tied(s.tied_with),
+        tied_all=", ".join(s.tied_with),
         plugin=s.plugin,
         version=s.version,
         score=_ratio(s.score) if s.score is not None else _unscored_reason(s),
-        interval="" if s.low is None else f"{s.low:.3g}–{s.high:.3g}×",
+        interval="" if s.low is None else f"{sig3(s.low)}–{sig3(s.high)}×",
         scored=str(s.cases_scored),
         coverage=f"{s.cases_supported}/{s.cases_total} ({s.coverage:.0%})",
         pass_rate=pass_rate,
@@ -63,17 +79,16 @@ def line(s: Standing) -> Line:
 def _table(title: str, standings: list[Standing], with_error: bool) -> Table:
     table = Table(title=escape(title), title_justify="left")
     columns = [("rank", "right"), ("implementation", "left"), ("score", "right"), (INTERVAL_HEADING, "right"),
-               ("tied with", "left"), ("cases scored", "right"), ("coverage", "right"), ("pass rate", "right"),
-               ("memory", "right"), ("plugin", "left"), ("version", "left")]
-    if with_error:
-        columns.append(("rel err median / worst", "right"))
+               ("cases scored", "right"), ("coverage", "right"), ("pass rate", "right"), ("memory", "right")]
+    columns += [("rel err median / worst", "right")] if with_error else []
+    columns += [("plugin", "left"), ("version", "left"), ("tied with", "left")]
     for name, justify in columns:
         table.add_column(name, justify=justify)
     for s in standings:
         c = line(s)
-        cells = [c.rank, c.impl, c.score, c.interval, c.tied, c.scored, c.coverage, c.pass_rate, c.memory, c.plugin, c.version]
-        if with_error:
-            cells.append(c.error)
+        cells = [c.rank, c.impl, c.score, c.interval, c.scored, c.coverage, c.pass_rate, c.memory]
+        cells += [c.error] if with_error else []
+        cells += [c.plugin, c.version, c.tied]
         table.add_row(*(escape(x) for x in cells), style="bold" if s.rank == 1 else None)
     return table
 

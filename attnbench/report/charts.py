@@ -30,12 +30,18 @@ PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#7
 MARKERS = ("circle", "square", "triangle", "diamond")
 
 PLOT_W, PLOT_H = 360, 200
-LEFT, TOP, BOTTOM = 64, 28, 40
+LEFT, TOP, BOTTOM = 78, 28, 40
 LEGEND_W = 170
 POINT_R = 3.5
 MAX_X_TICKS = 8
+MAX_Y_TICKS = 7
+LEGEND_ROW = 16
+AXIS_PAD = 0.06
+"""Fraction of the log range added at each end of an axis, so that points do not sit on the frame."""
 STRIP_SLOT = 44
 """Horizontal room per implementation in the error chart."""
+STRIP_SPREAD = (5, 2.5)
+"""The error chart's points go in this many sub-columns, this many pixels apart, so that equal errors stay hoverable."""
 STRIP_LABEL_ROOM = 80
 """Room under the error chart for slanted implementation names."""
 
@@ -87,13 +93,16 @@ def _marker(shape: str, x: float, y: float, color: str, hollow: bool, tip: str) 
     return f'<polygon points="{pts}" {paint}>{title}</polygon>'
 
 
-def log_ticks(lo: float, hi: float) -> list[float]:
-    """Round ticks for a log axis: powers of ten, or 1-2-5 steps when the range spans less than two decades."""
+def log_ticks(lo: float, hi: float, binary: bool = False) -> list[float]:
+    """Round ticks for a log axis: powers of two for bytes; else powers of ten, or 1-2-5 steps over a short range."""
+    if binary:
+        ticks = [2.0**k for k in range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)]
+        return ticks[:: max(1, math.ceil(len(ticks) / MAX_Y_TICKS))] or [lo, hi]
     first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
     for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
         ticks = [m * 10.0**k for k in range(first, last + 1) for m in mantissas if lo <= m * 10.0**k <= hi]
         if len(ticks) >= 3:
-            return ticks
+            return ticks[:: max(1, math.ceil(len(ticks) / MAX_Y_TICKS))]
     return [lo, hi] if lo != hi else [lo]
 
 
@@ -104,13 +113,15 @@ class _LogAxis:
         lo, hi = min(values), max(values)
         if lo == hi:
             lo, hi = lo / 2, hi * 2
-        pad = (math.log(hi) - math.log(lo)) * 0.06
+        pad = (math.log(hi) - math.log(lo)) * AXIS_PAD
         self.lo, self.hi = math.exp(math.log(lo) - pad), math.exp(math.log(hi) + pad)
-        self.pixels, self.flip = pixels, flip
+        # v -> offset + scale * log(v), precomputed: charts place tens of thousands of points.
+        scale = pixels / (math.log(self.hi) - math.log(self.lo))
+        self._scale = -scale if flip else scale
+        self._offset = pixels + scale * math.log(self.lo) if flip else -scale * math.log(self.lo)
 
     def __call__(self, v: float) -> float:
-        frac = (math.log(v) - math.log(self.lo)) / (math.log(self.hi) - math.log(self.lo))
-        return self.pixels * (1 - frac if self.flip else frac)
+        return self._offset + self._scale * math.log(v)
 
 
 def _frame(width: int, height: int, title: str, body: list[str]) -> Markup:
@@ -120,9 +131,9 @@ def _frame(width: int, height: int, title: str, body: list[str]) -> Markup:
     return Markup(head + "".join(body) + "</svg>")
 
 
-def _y_grid(axis: _LogAxis, fmt: Callable[[float], str], width: float) -> list[str]:
+def _y_grid(axis: _LogAxis, fmt: Callable[[float], str], width: float, binary: bool) -> list[str]:
     out = []
-    for t in log_ticks(axis.lo, axis.hi):
+    for t in log_ticks(axis.lo, axis.hi, binary):
         y = TOP + axis(t)
         out.append(f'<line class="grid" x1="{LEFT}" x2="{_num(LEFT + width)}" y1="{_num(y)}" y2="{_num(y)}"/>'
                    f'<text class="tick" x="{LEFT - 6}" y="{_num(y + 4)}" text-anchor="end">{escape(fmt(t))}</text>')
@@ -132,14 +143,14 @@ def _y_grid(axis: _LogAxis, fmt: Callable[[float], str], width: float) -> list[s
 def _legend(series: list[Series], palette: Palette, x: float) -> list[str]:
     out = []
     for i, s in enumerate(series):
-        y = TOP + 8 + 16 * i
+        y = TOP + LEGEND_ROW // 2 + LEGEND_ROW * i
         out.append(_marker(palette.marker(s.name), x, y, palette.color(s.name), False, s.name))
         out.append(f'<text class="legend" x="{_num(x + 10)}" y="{_num(y + 4)}">{escape(s.name)}</text>')
     return out
 
 
 def line_chart(title: str, x_label: str, y_label: str, series: list[Series], palette: Palette,
-               y_format: Callable[[float], str]) -> Markup | None:
+               y_format: Callable[[float], str], binary: bool = False) -> Markup | None:
     """Log-log lines, one per series; hollow points for incorrect results; stops marked along the top."""
     series = [s for s in series if s.points or s.stops]
     ys = [p.y for s in series for p in s.points if p.y > 0]
@@ -148,14 +159,14 @@ def line_chart(title: str, x_label: str, y_label: str, series: list[Series], pal
         return None
     x_axis = _LogAxis(xs, PLOT_W, flip=False)
     y_axis = _LogAxis(ys or [1.0], PLOT_H, flip=True)
-    height = TOP + PLOT_H + BOTTOM
+    height = max(TOP + PLOT_H + BOTTOM, TOP + LEGEND_ROW * (len(series) + 1))
     body = [f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>']
-    body += _y_grid(y_axis, y_format, PLOT_W)
+    body += _y_grid(y_axis, y_format, PLOT_W, binary)
     step = max(1, math.ceil(len(xs) / MAX_X_TICKS))
     for x in xs[::step]:
         px = LEFT + x_axis(x)
         body.append(f'<text class="tick" x="{_num(px)}" y="{TOP + PLOT_H + 16}" text-anchor="middle">{x:g}</text>')
-    body.append(f'<text class="axis" x="{LEFT + PLOT_W / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>')
+    body.append(f'<text class="axis" x="{LEFT + PLOT_W / 2}" y="{TOP + PLOT_H + BOTTOM - 6}" text-anchor="middle">{escape(x_label)}</text>')
     body.append(f'<text class="axis" transform="rotate(-90)" x="{-(TOP + PLOT_H / 2)}" y="14" text-anchor="middle">{escape(y_label)}</text>')
     for s in series:
         color, shape = palette.color(s.name), palette.marker(s.name)
@@ -184,14 +195,14 @@ def strip_chart(title: str, y_label: str, series: list[Series], palette: Palette
     width = max(PLOT_W, STRIP_SLOT * len(series))
     height = TOP + PLOT_H + STRIP_LABEL_ROOM
     body = [f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{width}" height="{PLOT_H}"/>']
-    body += _y_grid(y_axis, y_format, width)
+    body += _y_grid(y_axis, y_format, width, binary=False)
     body.append(f'<text class="axis" transform="rotate(-90)" x="{-(TOP + PLOT_H / 2)}" y="14" text-anchor="middle">{escape(y_label)}</text>')
     slot = width / len(series)
     for i, s in enumerate(series):
         center = LEFT + slot * (i + 0.5)
         color, shape = palette.color(s.name), palette.marker(s.name)
-        # Spread a column's points a little sideways so that equal errors stay hoverable.
-        body += [_marker(shape, center + (j % 5 - 2) * 2.5, TOP + y_axis(p.y), color, p.hollow, p.tip)
+        columns, gap = STRIP_SPREAD
+        body += [_marker(shape, center + (j % columns - columns // 2) * gap, TOP + y_axis(p.y), color, p.hollow, p.tip)
                  for j, p in enumerate(s.points) if p.y > 0]
         label_y = TOP + PLOT_H + 14
         body.append(f'<text class="tick" x="{_num(center)}" y="{label_y}" text-anchor="end" '
@@ -208,10 +219,12 @@ def _by_impl(entries: list[Entry]) -> dict[str, Series]:
     return series
 
 
-def _tip(e: Entry, value: str) -> str:
-    r = e.record
+def _tip(e: Entry, value: str, whole_case: bool = False) -> str:
+    """A point's tooltip; charts of one family need only the sequence length to name the case."""
+    r, case = e.record, e.record.case
+    where = case_label(case) if whole_case else f"N {case['seq_q']}" + ("" if case["seq_q"] == case["seq_kv"] else f"×{case['seq_kv']}")
     verdict = "" if r.status == "ok" else f" ✗ {r.status}: {r.reason}"
-    return f"{r.impl} · {case_label(r.case)} · {e.run.hardware}: {value}{verdict}"
+    return f"{r.impl} · {where}: {value}{verdict}"
 
 
 def _measured(e: Entry, metric: str) -> bool:
@@ -249,9 +262,9 @@ def memory_chart(entries: list[Entry], palette: Palette) -> Markup | None:
             tip = _tip(e, format_bytes(r.metrics["peak_bytes"]))
             series[r.impl].points.append(Point(r.case["seq_kv"], r.metrics["peak_bytes"], tip, r.status != "ok"))
         elif r.status in ("oom", "skipped"):
-            series[r.impl].stops.append(Point(r.case["seq_kv"], 0, f"{r.impl} · {case_label(r.case)}: {r.status}: {r.reason}"))
-    return line_chart("Peak memory (✕ out of memory or skipped)", "sequence length (keys)", "peak bytes above inputs",
-                      list(series.values()), palette, format_bytes)
+            series[r.impl].stops.append(Point(r.case["seq_kv"], 0, _tip(e, "no measurement")))
+    return line_chart("Peak memory (✕ out of memory or skipped)", "sequence length (keys)", "peak above inputs",
+                      list(series.values()), palette, lambda v: format_bytes(v).replace(".0 ", " "), binary=True)
 
 
 def error_chart(entries: list[Entry], palette: Palette) -> Markup | None:
@@ -260,6 +273,6 @@ def error_chart(entries: list[Entry], palette: Palette) -> Markup | None:
     for e in entries:
         err = e.record.metrics.get("rel_err")
         if e.record.status in MEASURED and err:
-            series[e.record.impl].points.append(Point(0, err, _tip(e, f"rel err {err:.2e}"), e.record.status != "ok"))
-    return strip_chart("Relative error vs float64 (hollow: failed the pass rule)", "relative L2 error",
+            series[e.record.impl].points.append(Point(0, err, _tip(e, f"rel err {err:.2e}", whole_case=True), e.record.status != "ok"))
+    return strip_chart("Relative error vs float64", "relative L2 error",
                        list(series.values()), palette, lambda v: f"{v:.0e}")

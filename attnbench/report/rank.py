@@ -103,11 +103,15 @@ def case_speedup(entry: Entry) -> tuple[float, float] | None:
 def bootstrap_interval(log_ratios: list[float], sigmas: list[float], seed: int) -> tuple[float, float]:
     """Central CONFIDENCE interval of the geometric mean (as ratios), resampling cases and redrawing their noise."""
     rng = np.random.default_rng(seed)
-    values, noise_sd = np.asarray(log_ratios), np.asarray(sigmas)
-    picks = rng.integers(0, len(values), size=(REPLICATES, len(values)))
-    draws = values[picks] + noise_sd[picks] * rng.standard_normal(picks.shape)
+    values, variances = np.asarray(log_ratios), np.square(sigmas)
+    n = len(values)
+    picks = rng.integers(0, n, size=(REPLICATES, n))
+    # The mean of n independent normal draws added to the picked cases is one normal draw with
+    # standard deviation sqrt(sum of their variances) / n: same distribution, n times fewer draws.
+    noise_sd = np.sqrt(variances[picks].sum(axis=1)) / n
+    means = values[picks].mean(axis=1) + noise_sd * rng.standard_normal(REPLICATES)
     tail = 50 * (1 - CONFIDENCE)
-    low, high = np.percentile(draws.mean(axis=1), [tail, 100 - tail])
+    low, high = np.percentile(means, [tail, 100 - tail])
     return math.exp(low), math.exp(high)
 
 

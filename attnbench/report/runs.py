@@ -12,14 +12,13 @@ Nothing here imports torch: the report commands must start fast.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from attnbench.errors import UserError
-from attnbench.results import Record, pair_key, read_results
+from attnbench.results import Record, read_results
 
 RESULTS_NAME = "results.json"
 
@@ -102,8 +101,9 @@ def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
     return runs
 
 
-def case_key(case: dict[str, Any]) -> str:
-    return json.dumps(case, sort_keys=True)
+def case_key(case: dict[str, Any]) -> tuple:
+    """Identity of a case; case fields are JSON scalars, so their sorted items are hashable (and cheaper than JSON)."""
+    return tuple(sorted(case.items()))
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -115,15 +115,15 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for (suite, hardware, baseline), members in grouped.items():
         newest: dict[tuple, Entry] = {}
         superseded = 0
-        cases: dict[str, dict] = {}
+        cases: dict[tuple, dict] = {}
         # Stable sort: among runs with the same start time the later argument wins.
         for run in sorted(members, key=lambda r: r.started):
-            baselines = {case_key(r.case): r for r in run.records if r.impl == baseline}
-            for record in run.records:
-                key = pair_key(record.impl, record.case)
-                superseded += key in newest
-                newest[key] = Entry(run, record, baselines.get(case_key(record.case)))
-                cases.setdefault(case_key(record.case), record.case)
+            keys = [case_key(r.case) for r in run.records]
+            baselines = {key: r for key, r in zip(keys, run.records) if r.impl == baseline}
+            for key, record in zip(keys, run.records):
+                superseded += (record.impl, key) in newest
+                newest[record.impl, key] = Entry(run, record, baselines.get(key))
+                cases.setdefault(key, record.case)
         groups.append(Group(suite, hardware, baseline, members, list(newest.values()), superseded, list(cases.values())))
     return groups
 
@@ -142,11 +142,11 @@ def family_label(case: dict[str, Any]) -> str:
     return f"{_heads(case)} D{case['head_dim']} {_tail(case)}, {seq}"
 
 
-def family_key(case: dict[str, Any]) -> str:
+def family_key(case: dict[str, Any]) -> tuple:
     """Cases that differ only in sequence length share a family (seq_q moves with seq_kv, or stays fixed)."""
     rest = {k: v for k, v in case.items() if k not in ("seq_q", "seq_kv")}
     rest["seq_q"] = "=" if case["seq_q"] == case["seq_kv"] else case["seq_q"]
-    return json.dumps(rest, sort_keys=True)
+    return case_key(rest)
 
 
 def _heads(case: dict[str, Any]) -> str:

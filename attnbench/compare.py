@@ -1,0 +1,154 @@
+"""``attnbench compare BASE NEW``: per pair, how NEW's time compares with BASE's, and whether that is more than noise.
+
+Records pair up by implementation and case; the hardware may differ (comparing
+two machines is one use). The ratio is NEW's median time / BASE's: above 1 is
+slower. It is significant only when ``|ratio - 1|`` exceeds the combined noise
+``hypot(noise(base), noise(new))``, with ``noise`` the larger of IQR/median and
+the spread between worker processes (report.terminal): the root-sum-square of
+two independent relative noises. Anything smaller is reported as within noise.
+
+Status changes count too: a pair that was ``ok`` in BASE and is incorrect,
+error, timeout, crashed or oom in NEW *broke*; the reverse is *fixed*.
+
+``--fail-on-regression PCT`` exits with EXIT_REGRESSION (4) when a pair broke,
+or got significantly slower by more than PCT percent.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from attnbench.report.runs import Run, case_label
+from attnbench.report.terminal import format_time, noise
+from attnbench.results import FAILURES, MEASURED, Record, pair_key
+
+EXIT_REGRESSION = 4
+
+SLOWER, FASTER, NOISE = "slower", "faster", "within noise"
+BROKE, FIXED, CHANGED = "broke", "fixed", "status changed"
+ONLY_BASE, ONLY_NEW, UNTIMED = "only in base", "only in new", "not timed"
+BROKEN = (*FAILURES, "oom")
+"""NEW statuses that make a pair that was ok in BASE a regression."""
+
+
+@dataclass
+class Change:
+    """One pair in BASE and NEW."""
+
+    impl: str
+    case: dict[str, Any]
+    base: Record | None
+    new: Record | None
+    verdict: str
+    ratio: float | None = None
+    """NEW time / BASE time."""
+    noise: float | None = None
+    """The combined relative noise the ratio is judged against."""
+
+    @property
+    def label(self) -> str:
+        return case_label(self.case)
+
+    def regresses(self, threshold_pct: float) -> bool:
+        """True when this pair broke, or is significantly slower by more than ``threshold_pct`` percent."""
+        if self.verdict == BROKE:
+            return True
+        return self.verdict == SLOWER and self.ratio is not None and (self.ratio - 1) * 100 > threshold_pct
+
+
+def judge(base: Record | None, new: Record | None) -> Change:
+    """The verdict on one pair."""
+    some = new or base
+    change = Change(some.impl, some.case, base, new, UNTIMED)
+    if base is None or new is None:
+        change.verdict = ONLY_NEW if base is None else ONLY_BASE
+        return change
+    if base.status == "ok" and new.status in BROKEN:
+        change.verdict = BROKE
+        return change
+    if base.status != "ok" and new.status == "ok":
+        change.verdict = FIXED
+        return change
+    t_base, t_new = base.metrics.get("time_ms_median"), new.metrics.get("time_ms_median")
+    if base.status in MEASURED and new.status in MEASURED and t_base and t_new:
+        change.ratio = t_new / t_base
+        change.noise = math.hypot(noise(base), noise(new))
+        change.verdict = NOISE if abs(change.ratio - 1) <= change.noise else (SLOWER if change.ratio > 1 else FASTER)
+    elif base.status != new.status:
+        change.verdict = CHANGED
+    return change
+
+
+def compare_runs(base: Run, new: Run) -> list[Change]:
+    """Every pair of either run, BASE's order first."""
+    base_by_key = {pair_key(r.impl, r.case): r for r in base.records}
+    new_by_key = {pair_key(r.impl, r.case): r for r in new.records}
+    keys = list(base_by_key) + [k for k in new_by_key if k not in base_by_key]
+    return [judge(base_by_key.get(k), new_by_key.get(k)) for k in keys]
+
+
+def _pct(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.1f}%"
+
+
+def _change_table(title: str, changes: list[Change]) -> Table:
+    table = Table(title=escape(title), title_justify="left")
+    for name, justify in (("implementation", "left"), ("case", "left"), ("base", "right"), ("new", "right"),
+                          ("change", "right"), ("noise", "right"), ("verdict", "left"), ("status", "left")):
+        table.add_column(name, justify=justify)
+    for c in changes:
+        times = [format_time(r.metrics["time_ms_median"]) if r and r.metrics.get("time_ms_median") else "" for r in (c.base, c.new)]
+        status = " → ".join(escape(r.status if r else "—") for r in (c.base, c.new))
+        if c.new is not None and c.new.status != "ok" and c.new.reason:
+            status += f" [dim]{escape(c.new.reason.splitlines()[0])}[/]"
+        table.add_row(escape(c.impl), escape(c.label), *times, "" if c.ratio is None else _pct(c.ratio),
+                      "" if c.noise is None else f"±{100 * c.noise:.0f}%", c.verdict, status)
+    return table
+
+
+def print_comparison(console: Console, base: Run, new: Run, changes: list[Change], threshold_pct: float | None,
+                     every_pair: bool = False) -> None:
+    """Regressions, improvements, status changes (or, with ``every_pair``, every pair), a per-implementation
+    summary and the counts."""
+    console.print(f"[bold]base[/] {escape(base.id)} ({escape(base.hardware)}, torch {escape(base.torch)}) → "
+                  f"[bold]new[/] {escape(new.id)} ({escape(new.hardware)}, torch {escape(new.torch)})")
+    if every_pair:
+        console.print(_change_table("Every pair", changes))
+    sections = (
+        ("Slower (significant)", [c for c in changes if c.verdict == SLOWER], lambda c: -c.ratio),
+        ("Faster (significant)", [c for c in changes if c.verdict == FASTER], lambda c: c.ratio),
+        ("Broke (ok in base, failing in new)", [c for c in changes if c.verdict == BROKE], lambda c: c.impl),
+        ("Fixed", [c for c in changes if c.verdict == FIXED], lambda c: c.impl),
+        ("Status changed", [c for c in changes if c.verdict == CHANGED], lambda c: c.impl),
+    )
+    for title, members, order in sections:
+        if members and not every_pair:
+            console.print(_change_table(title, sorted(members, key=order)))
+    timed: dict[str, list[float]] = {}
+    for c in changes:
+        if c.ratio is not None:
+            timed.setdefault(c.impl, []).append(c.ratio)
+    if timed:
+        table = Table(title="Per implementation: geometric mean of new / base time over the pairs timed in both",
+                      title_justify="left")
+        for name, justify in (("implementation", "left"), ("pairs", "right"), ("geomean change", "right"),
+                              ("slower", "right"), ("faster", "right"), ("within noise", "right")):
+            table.add_column(name, justify=justify)
+        for impl, ratios in sorted(timed.items()):
+            mine = [c for c in changes if c.impl == impl]
+            table.add_row(escape(impl), str(len(ratios)), _pct(math.exp(statistics.fmean(math.log(r) for r in ratios))),
+                          *(str(sum(c.verdict == v for c in mine)) for v in (SLOWER, FASTER, NOISE)))
+        console.print(table)
+    counts = {v: sum(c.verdict == v for c in changes) for v in (SLOWER, FASTER, NOISE, BROKE, FIXED, CHANGED, ONLY_BASE, ONLY_NEW, UNTIMED)}
+    console.print(", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no pairs")
+    if threshold_pct is not None:
+        failing = [c for c in changes if c.regresses(threshold_pct)]
+        verdict = f"[bold red]{len(failing)} regression(s)[/]" if failing else "[green]no regression[/]"
+        console.print(f"{verdict} beyond {threshold_pct:g}% (significant slowdowns) or broken pairs")

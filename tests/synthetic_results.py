@@ -1,0 +1,53 @@
+"""Synthetic records and results files for the report, compare and export tests (no torch, no measuring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnbench.results import Record, write_results
+
+
+def case(seq: int = 128, dtype: str = "float32", mask: str = "none", pass_: str = "fwd", seq_q: int | None = None) -> dict:
+    return {"batch": 1, "heads_q": 4, "heads_kv": 4, "seq_q": seq_q or seq, "seq_kv": seq, "head_dim": 32,
+            "dtype": dtype, "device": "cpu", "mask": mask, "window": None, "scale": None, "pass": pass_}
+
+
+def record(impl: str, case_: dict, ms: float | None = 1.0, status: str = "ok", *, noise: float = 0.0,
+           peak: int | None = 1000, rel_err: float | None = 1e-6, exact: bool = True, ranked: bool = True,
+           reason: str = "", plugin: str = "", version: str = "1.0", process_medians: list[float] | None = None) -> Record:
+    """A record; ``ms`` None (or a status that is not measured) leaves the timing out. ``noise`` is IQR/median."""
+    metrics: dict = {}
+    if ms is not None and status in ("ok", "incorrect"):
+        medians = process_medians or [ms, ms]
+        metrics = {"time_ms_median": ms, "time_ms_iqr": noise * ms, "time_ms_n": 10,
+                   "time_ms_process_medians": medians, "process_spread": max(medians) / min(medians) - 1,
+                   "tflops": 1.0 / ms, "timing_method": "cpu-perf_counter"}
+        if peak is not None:
+            metrics["peak_bytes"] = peak
+        if rel_err is not None:
+            metrics["rel_err"] = rel_err
+    if status not in ("ok",) and not reason:
+        reason = f"synthetic {status}"
+    return Record(impl=impl, case=case_, status=status, reason=reason, plugin=plugin or f"plugin.{impl}",
+                  version=version, exact=exact, ranked=ranked, metrics=metrics, hardware="Synthetic CPU")
+
+
+def run_info(run_id: str = "run-a", hardware: str = "Synthetic CPU (2 threads)", baseline: str = "base",
+             started: str = "2026-01-01T00:00:00+00:00", hostname: str = "host-a", torch: str = "2.13.0", **extra) -> dict:
+    info = {"id": run_id, "suite": {"name": "synthetic", "path": "synthetic.yaml", "sha256": "0" * 64}, "device": "cpu",
+            "hardware": hardware, "baseline": baseline, "started": started, "finished": started, "attnbench": "0.1.0",
+            "command": ["attnbench", "run", "synthetic.yaml"],
+            "environment": {"hostname": hostname, "torch": torch, "cpu": hardware, "cuda_devices": []},
+            "plugins": [{"name": "plugin.base", "distribution": "base-dist", "version": "1.0", "builtin": False,
+                         "implementations": ["base"], "errors": [], "ok": True}],
+            "options": {"seed": 0}, "resumed_records": 0, "interrupted": False}
+    info.update(extra)
+    return info
+
+
+def write_run(directory: Path, records: list[Record], **info) -> Path:
+    """Write ``directory/results.json``; keyword arguments go to ``run_info``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "results.json"
+    write_results(path, run_info(run_id=info.pop("run_id", directory.name), **info), records)
+    return path

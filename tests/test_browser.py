@@ -1,0 +1,198 @@
+"""The leaderboard in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by Selenium.
+
+The page comes from a real smoke run merged with a synthetic second machine. It
+is opened from the filesystem (file://) and checked for rendered tables and
+charts, working sort and filters, no console errors and no network request. A
+screenshot is kept under reports/test-artifacts/ (git-ignored). The smoke page's
+size limit is checked here too, on the same run, without a browser.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from synthetic_results import case, record, write_run
+
+from attnbench.report.html import PAGE_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "reports" / "test-artifacts"
+SMOKE_PAGE_LIMIT = 2 * 1000 * 1000
+"""The smoke suite's page must stay under 2 MB."""
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000")
+NETWORK_SCHEMES = ("http:", "https:", "ws:", "wss:", "ftp:")
+SECOND_MACHINE = "Synthetic GPU B"
+
+pytestmark = pytest.mark.slow  # every test here needs the smoke run
+
+
+def find_chromium() -> tuple[str, str] | None:
+    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A real run of suites/smoke.yaml (about a minute on two cores)."""
+    out = tmp_path_factory.mktemp("smoke")
+    done = subprocess.run([sys.executable, "-m", "attnbench", "run", str(ROOT / "suites" / "smoke.yaml"),
+                           "--output", str(out), "--quiet"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_smoke_page_stays_under_two_megabytes(smoke_run):
+    size = (smoke_run / PAGE_NAME).stat().st_size
+    assert 0 < size <= SMOKE_PAGE_LIMIT, f"smoke index.html is {size} bytes"
+
+
+@pytest.fixture(scope="module")
+def page(smoke_run, tmp_path_factory):
+    """The smoke run and a synthetic second machine (with incorrect and out-of-memory records) on one page."""
+    tmp = tmp_path_factory.mktemp("page")
+    cases = [case(seq) for seq in (128, 256, 512)]
+    records = [record("sdpa", c, 1.0) for c in cases] + [record("eager", c, 2.0) for c in cases[:2]]
+    records += [record("eager", cases[2], status="oom", reason="CUDA out of memory"),
+                record("flex", cases[0], 0.5, status="incorrect", reason="rel err 0.4")]
+    other = write_run(tmp / "other", records, hardware=SECOND_MACHINE, baseline="sdpa")
+    done = subprocess.run([sys.executable, "-m", "attnbench", "report", str(smoke_run), str(other), "-o", str(tmp / "page")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    smoke_records = len(json.loads((smoke_run / "results.json").read_text())["records"])
+    return tmp / "page" / PAGE_NAME, smoke_records + len(records), len(records)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    found = find_chromium()
+    if found is None:
+        pytest.skip("chromium and chromedriver are not installed (Debian: apt-get install -y chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    profile = tempfile.mkdtemp(prefix="attnbench-chromium-")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def opened(browser, page):
+    """The page freshly loaded (sort and filter state reset), its record count, and the second machine's."""
+    path, total, other = page
+    browser.get_log("performance")  # drop what earlier tests left
+    browser.get(path.as_uri())
+    yield browser, total, other
+    assert_offline_and_quiet(browser)
+
+
+def assert_offline_and_quiet(driver) -> None:
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, f"console errors: {errors}"
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    assert urls, "the performance log saw no request at all, not even the page's own"
+    assert not [u for u in urls if u.startswith(NETWORK_SCHEMES)], f"network requests: {urls}"
+
+
+def visible_rows(driver) -> list[list[str]]:
+    return driver.execute_script("""
+        return Array.from(document.querySelectorAll('#case-table tbody tr'))
+            .filter(r => !r.hidden).map(r => Array.from(r.cells).map(c => c.textContent));""")
+
+
+def column_values(driver, name: str) -> list[float | None]:
+    return driver.execute_script("""
+        const i = Array.from(document.querySelectorAll('#case-table thead th')).findIndex(th => th.textContent === arguments[0]);
+        return Array.from(document.querySelectorAll('#case-table tbody tr')).filter(r => !r.hidden)
+            .map(r => r.cells[i].hasAttribute('data-v') ? parseFloat(r.cells[i].getAttribute('data-v')) : null);""", name)
+
+
+def header(driver, name: str):
+    from selenium.webdriver.common.by import By
+
+    return next(th for th in driver.find_elements(By.CSS_SELECTOR, "#case-table thead th") if th.text == name)
+
+
+def test_tables_and_charts_render(opened):
+    from selenium.webdriver.common.by import By
+
+    driver, total, _ = opened
+    boards = driver.find_elements(By.CSS_SELECTOR, "section.leaderboard")
+    assert len(boards) == 2 and any(SECOND_MACHINE in b.text for b in boards)
+    assert all(b.find_element(By.CSS_SELECTOR, "table.board tbody tr").is_displayed() for b in boards)
+    assert len(visible_rows(driver)) == total
+    assert driver.find_element(By.ID, "case-count").text == f"{total} of {total} records"
+    charts = [c for c in driver.find_elements(By.CSS_SELECTOR, "svg.chart") if c.is_displayed()]
+    assert charts and all(c.size["width"] > 100 and c.size["height"] > 100 for c in charts)
+    points = driver.execute_script("return Array.from(document.querySelectorAll('svg.chart circle')).filter(c => c.querySelector('title')).length")
+    assert points > 0, "chart points carry no <title> tooltip"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(height, 12000))
+    shot = ARTIFACTS / "leaderboard.png"
+    assert driver.save_screenshot(str(shot))
+    driver.set_window_size(1400, 1000)
+    print(f"screenshot: {shot}")
+
+
+def test_sorting_by_a_numeric_column_puts_empty_cells_last(opened):
+    driver, _, _ = opened
+    header(driver, "time ± noise").click()
+    values = column_values(driver, "time ± noise")
+    numbers = [v for v in values if v is not None]
+    assert numbers == sorted(numbers) and values[: len(numbers)] == numbers
+    header(driver, "time ± noise").click()
+    values = column_values(driver, "time ± noise")
+    numbers = [v for v in values if v is not None]
+    assert numbers == sorted(numbers, reverse=True) and values[: len(numbers)] == numbers
+    header(driver, "implementation").click()
+    impls = [row[6] for row in visible_rows(driver)]
+    assert impls == sorted(impls, key=str.lower)
+
+
+def test_filters_keep_only_matching_rows(opened):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver, total, other = opened
+
+    def select(column: int, value: str) -> None:
+        Select(driver.find_element(By.CSS_SELECTOR, f'select[data-column="{column}"]')).select_by_visible_text(value)
+
+    select(3, "bfloat16")
+    rows = visible_rows(driver)
+    assert 0 < len(rows) < total and all(r[3] == "bfloat16" for r in rows)
+    assert driver.find_element(By.ID, "case-count").text == f"{len(rows)} of {total} records"
+    select(3, "all")
+    select(0, SECOND_MACHINE)
+    rows = visible_rows(driver)
+    assert len(rows) == other and all(r[0] == SECOND_MACHINE for r in rows)
+    select(7, "oom")
+    rows = visible_rows(driver)
+    assert len(rows) == 1 and "CUDA out of memory" in rows[0][-1]
+    select(7, "all")
+    select(0, "all")
+    count = driver.find_element(By.ID, "case-count")
+    driver.find_element(By.ID, "case-search").send_keys("sdpa.flash")
+    # The text filter applies once typing pauses.
+    WebDriverWait(driver, 10).until(lambda _: count.text != f"{total} of {total} records")
+    rows = visible_rows(driver)
+    assert rows and all(r[6] == "sdpa.flash" for r in rows)

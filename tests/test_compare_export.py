@@ -1,0 +1,112 @@
+"""attnbench compare (significance, status changes, exit codes) and export (csv, parquet, pyperf round trips)."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from synthetic_results import case, record, write_run
+
+from attnbench.cli import main
+from attnbench.compare import BROKE, EXIT_REGRESSION, FASTER, FIXED, NOISE, ONLY_BASE, ONLY_NEW, SLOWER, compare_runs
+from attnbench.errors import UserError
+from attnbench.export import export
+from attnbench.report.runs import load_runs
+from attnbench.results import load
+
+C1, C2 = case(128), case(256, dtype="bfloat16", mask="causal")
+
+
+@pytest.fixture
+def base_and_new(tmp_path):
+    base = write_run(tmp_path / "base", [
+        record("x", C1, 1.0, noise=0.05), record("x", C2, 1.0, noise=0.05),
+        record("y", C1, 1.0, noise=0.01), record("y", C2, 1.0),
+        record("gone", C1, 1.0), record("w", C1, status="unsupported"),
+    ])
+    new = write_run(tmp_path / "new", [
+        record("x", C1, 1.5, noise=0.05),       # 50% slower, noise ~7%: a regression
+        record("x", C2, 1.03, noise=0.05),      # 3% slower inside ~7% noise
+        record("y", C1, 0.5, noise=0.01),       # twice as fast
+        record("y", C2, 1.0, status="incorrect", reason="rel err 0.3"),
+        record("w", C1, 2.0), record("added", C1, 1.0),
+    ], started="2026-02-01T00:00:00+00:00")
+    return base, new
+
+
+def test_compare_judges_each_pair_against_the_combined_noise(base_and_new):
+    base, new = load_runs(list(base_and_new))
+    verdicts = {(c.impl, c.case["seq_kv"]): c for c in compare_runs(base, new)}
+    assert verdicts["x", 128].verdict == SLOWER and verdicts["x", 128].ratio == pytest.approx(1.5)
+    assert verdicts["x", 256].verdict == NOISE
+    assert verdicts["y", 128].verdict == FASTER and verdicts["y", 128].ratio == pytest.approx(0.5)
+    assert verdicts["y", 256].verdict == BROKE
+    assert verdicts["w", 128].verdict == FIXED
+    assert verdicts["gone", 128].verdict == ONLY_BASE and verdicts["added", 128].verdict == ONLY_NEW
+    assert verdicts["x", 128].regresses(40) and not verdicts["x", 128].regresses(60)
+    assert not verdicts["x", 256].regresses(0)
+    assert verdicts["y", 256].regresses(1000)
+
+
+def test_compare_command_prints_a_summary_and_fails_on_regression_for_ci(base_and_new, capsys):
+    base, new = map(str, base_and_new)
+    assert main(["compare", base, new]) == 0
+    out = capsys.readouterr().out
+    assert "Slower (significant)" in out and "Faster (significant)" in out and "Broke" in out
+    assert "+50.0%" in out and "1 slower, 1 faster, 1 within noise, 1 broke, 1 fixed" in out
+    assert main(["compare", base, new, "--all"]) == 0
+    assert "Every pair" in capsys.readouterr().out
+    assert main(["compare", base, new, "--fail-on-regression", "10"]) == EXIT_REGRESSION
+    assert main(["compare", base, base, "--fail-on-regression", "0"]) == 0
+    assert "no regression" in capsys.readouterr().out
+
+
+def missing_as_none(frame: pd.DataFrame) -> pd.DataFrame:
+    """CSV has one empty value for null, NaN and the empty string: compare them as one."""
+    return frame.astype(object).where(frame.notna() & (frame != ""), None)
+
+
+def test_csv_export_reads_back_as_the_results_table(base_and_new, tmp_path):
+    out = tmp_path / "out.csv"
+    assert main(["export", str(base_and_new[0]), "--format", "csv", "-o", str(out)]) == 0
+    original = load(base_and_new[0])
+    # Text columns read as text: a version like "1.0" would otherwise come back a float.
+    back = pd.read_csv(out, dtype={c: str for c in ("version", "reason", "plugin", "impl", "status", "hardware")})
+    assert list(back.columns) == list(original.columns)
+    pd.testing.assert_frame_equal(missing_as_none(back), missing_as_none(original))
+
+
+def test_parquet_export_reads_back_or_says_what_to_install(base_and_new, tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "out.parquet"
+    assert export(base_and_new[0], "parquet", out) == 6
+    pd.testing.assert_frame_equal(pd.read_parquet(out), load(base_and_new[0]), check_dtype=False)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    with pytest.raises(UserError, match=r"attnbench\[parquet\]"):
+        export(base_and_new[0], "parquet", out)
+
+
+def test_pyperf_export_is_read_by_pyperf_compare_to(tmp_path):
+    import pyperf
+
+    a = write_run(tmp_path / "a", [record("sdpa", C1, 1.0, process_medians=[1.0, 1.02]), record("sdpa", C2, 1.0),
+                                   record("bad", C1, 1.0, status="incorrect")])
+    b = write_run(tmp_path / "b", [record("sdpa", C1, 2.0, process_medians=[2.0, 2.04]), record("sdpa", C2, 1.0)])
+    assert export(a, "pyperf", tmp_path / "a.json") == 2  # the incorrect record is left out
+    assert export(b, "pyperf", tmp_path / "b.json") == 2
+    suite = pyperf.BenchmarkSuite.load(str(tmp_path / "a.json"))
+    bench = suite.get_benchmark("sdpa B1 H4 N128 D32 float32 none fwd")
+    assert sorted(bench.get_values()) == pytest.approx([1.0e-3, 1.02e-3])  # per-process medians, in seconds
+    assert bench.get_nrun() == 2
+    done = subprocess.run([sys.executable, "-m", "pyperf", "compare_to", str(tmp_path / "a.json"), str(tmp_path / "b.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "sdpa B1 H4 N128 D32 float32 none fwd" in done.stdout and "2.00x slower" in done.stdout
+
+
+def test_export_refuses_unknown_formats_and_empty_pyperf(tmp_path):
+    path = write_run(tmp_path / "r", [record("x", C1, status="unsupported")])
+    with pytest.raises(UserError, match="unknown export format"):
+        export(path, "xlsx", tmp_path / "o")
+    with pytest.raises(UserError, match="nothing to export"):
+        export(path, "pyperf", tmp_path / "o.json")
