@@ -40,6 +40,9 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 
+AS_WRITTEN = ("seed.self_attention", "seed.multi_head")
+"""The notes' two versions, wrong on purpose: what attnbench has to catch."""
+
 
 def self_attention_as_written(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, num_heads: int) -> torch.Tensor:
     """The notes' ``SelfAttention.forward`` after its projections, unchanged: ``(..., embed_dim)`` in, ``(tokens, embed_dim)`` out."""
@@ -105,14 +108,14 @@ def attnbench_implementations() -> list[Implementation]:
     common = dict(masks=frozenset({"none"}), gqa=False, backward=True, layout="bshd")
     return [
         Implementation(
-            name="seed.self_attention",
+            name=AS_WRITTEN[0],
             build=build_self_attention,
             description="The notes' SelfAttention as written: its view attends across heads, not positions (incorrect).",
             cross=False,
             **common,
         ),
         Implementation(
-            name="seed.multi_head",
+            name=AS_WRITTEN[1],
             build=build_multi_head,
             description="The notes' MultiHeadAttention as written: torch.cat along a dimension 2-D outputs lack (raises).",
             cross=False,

@@ -2,8 +2,8 @@
 
 Queries are cut into blocks of ``query_block`` rows. The keys a block can see
 under a window ``W`` are ``query_block + W - 1`` consecutive positions, and
-``unfold`` gives every block its span of k and v as a strided view (no
-copy), so each block is one batched matmul, softmax, matmul over
+``unfold`` gives every block its span of k and v as a strided view of the
+(padded) keys, so all blocks are one batched matmul, softmax, matmul over
 ``query_block x (query_block + W - 1)`` scores: O(seq x window) work and
 memory instead of the O(seq_q x seq_kv) of a masked dense matmul. The band
 inside each block's scores is the same for every block, so a single
@@ -21,20 +21,17 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 
-MIN_QUERY_BLOCK = 32
-MAX_QUERY_BLOCK = 256
+QUERY_BLOCK = 64
+"""Rows per block. Each row then scores window + 63 keys. Smaller blocks waste less of the span
+but make smaller matmuls; on a 2-core CPU, 64 rows were fastest or within noise of it among
+16 to 512 at windows of 64 to 1024."""
 
 
-def query_block_for(window: int) -> int:
-    """Rows per block: half the window (the span is then 1.5 x window keys), kept within matmul-friendly bounds."""
-    return max(MIN_QUERY_BLOCK, min(MAX_QUERY_BLOCK, window // 2))
-
-
-def build(case: Case):
+def build(case: Case, query_block: int = QUERY_BLOCK):
     seq_q, seq_kv, scale = case.seq_q, case.seq_kv, case.softmax_scale
     # Keys before position 0 do not exist: a window wider than the keys is causal attention.
     window = min(case.window, seq_kv)
-    rows = min(query_block_for(window), seq_q)
+    rows = min(query_block, seq_q)
     blocks = -(-seq_q // rows)
     span = rows + window - 1
     # Block b's rows sit at positions start_b + r, start_b = b * rows + offset; its span holds
@@ -68,12 +65,33 @@ def build(case: Case):
             # unfold: (B, Hkv, blocks, D, span) views of overlapping windows, step `rows`.
             spans.append(t.unfold(2, span, rows).transpose(-2, -1).unsqueeze(3))
         k_spans, v_spans = spans
-        scores = (qb @ k_spans.transpose(-2, -1)).masked_fill(hidden, float("-inf"))
+        # In place: matmul's backward does not need its output.
+        scores = (qb @ k_spans.transpose(-2, -1)).masked_fill_(hidden, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v_spans
         out = out.transpose(2, 3).reshape(batch, heads_q, blocks * rows, dim)[:, :, :seq_q]
         return out.to(q.dtype)
 
     return sliding_window
+
+
+def workspace_bytes(case: Case, impl: Implementation) -> int:
+    """Memory above the inputs, in the accumulation dtype: the banded scores and probabilities (three in backward).
+
+    Plus the padded, scaled queries, the padded keys and values and the key
+    and value spans matmul copies out of their overlapping views (once per
+    query head of a group), and the boolean band mask, doubled for backward's
+    saved tensors and gradients.
+    """
+    acc = max(case.dtype.itemsize, 4)
+    bwd = case.needs_backward
+    rows = min(int(impl.params.get("query_block", QUERY_BLOCK)), case.seq_q)
+    blocks = -(-case.seq_q // rows)
+    span = rows + min(case.window, case.seq_kv) - 1
+    scores = case.batch * case.heads_q * blocks * rows * span * (3 if bwd else 2)
+    queries = 3 * case.batch * case.heads_q * blocks * rows * case.head_dim
+    spans = 2 * case.batch * case.heads_q * blocks * span * case.head_dim
+    padded_kv = 2 * case.batch * case.heads_kv * (blocks * rows + span) * case.head_dim
+    return (scores + (queries + spans + padded_kv) * (2 if bwd else 1)) * acc + 2 * blocks * rows * span
 
 
 @hookimpl
@@ -86,6 +104,6 @@ def attnbench_implementations() -> list[Implementation]:
             masks=frozenset({"sliding_window"}),
             gqa=True,
             backward=True,
-            params={"query_block": f"window/2 within [{MIN_QUERY_BLOCK}, {MAX_QUERY_BLOCK}]"},
+            params={"query_block": QUERY_BLOCK},
         )
     ]

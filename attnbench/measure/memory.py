@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from attnbench.case import Case
 from attnbench.hardware import available_memory_bytes
 from attnbench.implementation import Implementation
-from attnbench.impls import chunked
+from attnbench.impls import chunked, int8, linformer, performer, sliding_window
 from attnbench.masks import visible_bounds
 
 # --- measurement -----------------------------------------------------------
@@ -291,6 +291,12 @@ WORKSPACE_MODELS: dict[str, WorkspaceModel] = {
     "sdpa.efficient": sdpa_workspace_bytes,
     "sdpa.cudnn": sdpa_workspace_bytes,
     "chunked": chunked_workspace_bytes,
+    "sliding_window": sliding_window.workspace_bytes,
+    **dict.fromkeys(linformer.RANKS, linformer.workspace_bytes),
+    **dict.fromkeys(int8.VARIANTS, int8.workspace_bytes),
+    **dict.fromkeys(performer.FEATURES, performer.workspace_bytes),
+    # The corrected seed code is eager's matmul, softmax, matmul (without a mask).
+    "seed.self_attention_fixed": eager_workspace_bytes,
 }
 """Workspace models by implementation name; a plugin may add its own entry."""
 

@@ -1,0 +1,74 @@
+"""The CPU adapter as a user gets it: pip-installed into a fresh venv and measured by ``attnbench run``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ADAPTER = REPO / "plugins" / "attnbench-local-attention"
+# Copied, not built in place: a setuptools build leaves build/ and *.egg-info in its source folder.
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", ".tox", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".ruff_cache", "plugins", "reports"
+)
+SUITE = """\
+name: adapter-smoke
+implementations:
+  include: [local_attention, eager]
+defaults: {batch: 1, heads_q: 2, head_dim: 32}
+include_cases:
+  - {seq: 128, mask: sliding_window, window: 16}
+  - {seq: 96, mask: sliding_window, window: 1, dtype: bfloat16}
+  - {seq: 64, mask: causal, dtype: float16}
+  - {seq: 80, mask: sliding_window, window: 20, pass: fwd+bwd}
+timing: {warmup: 1, min_time_s: 0.01, repeats: 1}
+"""
+
+
+def run(*args, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.slow
+def test_pip_installed_local_attention_adapter_runs_a_suite(tmp_path):
+    if importlib.util.find_spec("venv") is None or importlib.util.find_spec("ensurepip") is None:
+        pytest.skip("python -m venv is unavailable here (no venv/ensurepip module)")
+    sources = tmp_path / "sources"
+    shutil.copytree(REPO, sources / "attnbench", ignore=COPY_IGNORE)
+    shutil.copytree(ADAPTER, sources / "adapter", ignore=COPY_IGNORE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("ATTNBENCH_")}
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", venv, env=env)
+    bin_dir = venv / "bin"
+    # torch pinned to the build this interpreter runs (the CPU wheel on local disk here); local-attention and
+    # its pure-Python dependencies come from the index, and must leave that torch in place. Not byte-compiling
+    # torch's thousands of modules saves about a minute.
+    run(bin_dir / "python", "-m", "pip", "install", "-q", "--no-compile", f"torch=={torch.__version__}",
+        sources / "attnbench", sources / "adapter", env=env, cwd=tmp_path)
+    versions = run(bin_dir / "python", "-c", "import torch, local_attention; print(torch.__version__)",
+                   env=env, cwd=tmp_path).stdout.split()
+    assert versions == [torch.__version__], "installing the adapter changed torch"
+
+    suite = tmp_path / "adapter-smoke.yaml"
+    suite.write_text(SUITE)
+    out = run(bin_dir / "attnbench", "run", suite, "--device", "cpu", "--quiet", "--json",
+              "--output", tmp_path / "run", env=env, cwd=tmp_path).stdout
+    results = json.loads(out)
+    plugin = next(p for p in results["run"]["plugins"] if p["name"] == "local_attention")
+    assert plugin["ok"] and plugin["distribution"] == "attnbench-local-attention", plugin
+    records = [r for r in results["records"] if r["impl"] == "local_attention"]
+    assert len(records) == 4
+    for record in records:
+        assert record["status"] == "ok", (record["case"], record["status"], record["reason"])
+        assert record["metrics"]["rel_err"] < 1e-2 and record["metrics"]["time_ms_median"] > 0
+    assert "dq_rel_err" in records[-1]["metrics"], "the fwd+bwd case checked the gradients"
