@@ -261,6 +261,7 @@ def measure(impl: Implementation, req: Request) -> dict:
     reply: dict = {"status": "ok", "reason": "", "metrics": {}, "samples_ms": [], "fatal": False}
     metrics = reply["metrics"]
     case = req.case
+    begun = time.perf_counter()
     try:
         start = time.perf_counter()
         fn = impl.build(case)
@@ -298,6 +299,7 @@ def measure(impl: Implementation, req: Request) -> dict:
     except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; it becomes this pair's record
         status, fatal = classify(exc)
         reply.update(status=status, reason=_describe(exc), fatal=fatal)
+    reply["wall_s"] = time.perf_counter() - begun
     return reply
 
 
