@@ -1,8 +1,8 @@
-"""Command line: ``attnbench run | validate | list | plugins | env``.
+"""Command line: ``attnbench run | validate | list | plugins | env | report | compare | export | new-plugin``.
 
 Exit codes: 0 done (whatever the records' statuses), 1 usage or input error,
 2 internal error, 3 ``--strict`` and some record is incorrect, crashed,
-error or timeout.
+error or timeout, 4 ``compare --fail-on-regression`` found a regression.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
     caps = [impl.capabilities() for impl in registry.implementations.values()]
     if args.json:
         print(json.dumps(caps, indent=2))
+        for p in registry.failures:
+            print(f"attnbench: plugin {p.name} failed: {'; '.join(p.errors)}", file=sys.stderr)
         return EXIT_OK
     table = Table(title="attnbench implementations")
     table.add_column("name", no_wrap=True)
@@ -108,6 +110,52 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     return run_command(args, console)
 
 
+def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    if args.output:
+        from attnbench.report.html import write_report
+
+        page = write_report(args.results, args.output)
+        console.print(f"report: {_escape(str(page))}")
+        return EXIT_OK
+    from attnbench.report.board import print_leaderboards
+    from attnbench.report.rank import leaderboard
+    from attnbench.report.runs import group_runs, load_runs
+
+    print_leaderboards(console, [leaderboard(g) for g in group_runs(load_runs(args.results))])
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from attnbench.compare import EXIT_REGRESSION, compare_runs, print_comparison
+    from attnbench.report.runs import load_runs
+
+    base, new = load_runs([args.base, args.new])
+    changes = compare_runs(base, new)
+    print_comparison(console, base, new, changes, args.fail_on_regression, every_pair=args.all)
+    if args.fail_on_regression is not None and any(c.regresses(args.fail_on_regression) for c in changes):
+        return EXIT_REGRESSION
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from attnbench.export import export
+
+    count = export(args.results, args.format, args.output)
+    unit = "benchmarks" if args.format == "pyperf" else "rows"
+    console.print(f"{count} {unit} -> {_escape(args.output)}")
+    return EXIT_OK
+
+
+def _cmd_new_plugin(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
+    from attnbench.scaffold import scaffold_plugin
+
+    root = scaffold_plugin(args.name, Path(args.dir))
+    console.print(_escape(f"created {root}: cd {root} && pip install -e '.[test]' && pytest"))
+    return EXIT_OK
+
+
 def _escape(text: str) -> str:
     """Plugin-supplied text is shown as text, never as rich markup."""
     from rich.markup import escape
@@ -120,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="measure a suite on this machine")
+    p = sub.add_parser("run", help="measure a suite on this machine, or on a Slurm or Ray fleet")
     p.add_argument("suite", help="suite YAML file, e.g. suites/long_seq.yaml")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     p.add_argument("--impl", action="append", default=[], metavar="PATTERN",
@@ -141,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 3 when any pair is incorrect, error, timeout or crashed")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.add_argument("--json", action="store_true", help="print results.json to stdout at the end")
+    p.add_argument("--executor", choices=("local", "slurm", "ray"), default="local",
+                   help="where pairs are measured: this machine, one slot per GPU (default); a Slurm job array; "
+                        "a Ray task per pair (docs/executors.md)")
+    p.add_argument("--slurm-partition", metavar="NAME", help="slurm: partition to submit to")
+    p.add_argument("--slurm-gres", metavar="GRES", help="slurm: generic resources per job, e.g. gpu:h100:1 "
+                   "(a job gets one case per GPU; default for CUDA: one GPU of any type)")
+    p.add_argument("--slurm-constraint", metavar="FEATURES", help="slurm: node features, e.g. h100|a100")
+    p.add_argument("--slurm-time", type=int, metavar="MINUTES", help="slurm: time limit per job (default: the "
+                   "worst case the per-pair timeout allows)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="ray: cluster to connect to (default: RAY_ADDRESS, "
+                   "else a local Ray)")
+    p.add_argument("--ray-accelerator-type", metavar="TYPE", help="ray: only nodes advertising this accelerator, "
+                   "e.g. H100; unavailable means infeasible records, not waiting")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("validate", help="check suite files without running them")
@@ -158,6 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("env", help="print the hardware and environment fingerprint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_env)
+
+    p = sub.add_parser("report", help="leaderboard of one or more results files: HTML with -o, else tables")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files or run directories (machines, dates, torch versions)")
+    p.add_argument("-o", "--output", metavar="DIR", help="write DIR/index.html, a self-contained page")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="time ratio per case and implementation between two results, with significance")
+    p.add_argument("base", metavar="BASE", help="results.json or run directory to compare against")
+    p.add_argument("new", metavar="NEW", help="results.json or run directory to judge")
+    p.add_argument("--fail-on-regression", type=float, metavar="PCT",
+                   help="exit 4 when a pair broke (ok -> failing) or got significantly slower by more than PCT percent")
+    p.add_argument("--all", action="store_true", help="list every pair, within-noise ones included, not only the changes")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("new-plugin", help="write a plugin package to start from: attnbench-NAME/")
+    p.add_argument("name", metavar="NAME", help="lower-case identifier; the implementation is NAME.attention")
+    p.add_argument("--dir", default=".", metavar="DIR", help="where to create attnbench-NAME/ (default: here)")
+    p.set_defaults(func=_cmd_new_plugin)
+
+    from attnbench.export import FORMATS  # pandas and pyperf load only when exporting
+
+    p = sub.add_parser("export", help="write a results file as CSV, Parquet or pyperf JSON")
+    p.add_argument("results", metavar="RESULTS", help="results.json or run directory")
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("-o", "--output", metavar="PATH", required=True, help="file to write")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

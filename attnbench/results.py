@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "incorrect", "unsupported", "skipped", "error", "oom", "timeout", "crashed")
+STATUSES = ("ok", "incorrect", "unsupported", "skipped", "error", "oom", "timeout", "crashed",
+            "preempted", "infeasible", "node_lost")
 MEASURED = ("ok", "incorrect")
 """Statuses that carry timings."""
 FAILURES = ("incorrect", "error", "timeout", "crashed")
 """Statuses that make ``--strict`` fail."""
+RESCHEDULE = ("preempted", "infeasible", "node_lost")
+"""Statuses that say what happened to the fleet, not to the implementation: ``--resume`` measures these pairs again."""
 
 
 @dataclass

@@ -11,10 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attnbench.case import Case
 from attnbench.errors import UserError
+from attnbench.executors import ExecutorConfig
 from attnbench.hardware import cpu_model
 from attnbench.measure.correctness import Tolerance
 from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
 from attnbench.plugins import load_registry
+from attnbench.report.html import write_report
 from attnbench.report.terminal import print_run
 from attnbench.results import FAILURES, read_results
 from attnbench.runner import RunOptions
@@ -75,7 +77,9 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         suite = load_suite(args.suite)
     except SuiteError as exc:
         raise UserError(str(exc)) from None
-    device = resolve_device(args.device)
+    executor = ExecutorConfig.from_args(args)
+    # A fleet's devices are on its nodes: this machine's torch has no say.
+    device = executor.device(args.device) if executor.remote else resolve_device(args.device)
     settings = suite.settings(device)
     cases = filter_cases(suite.cases(device), args.where)
     if not cases:
@@ -99,7 +103,9 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
     tolerance = Tolerance(factor=correctness.tolerance_factor)
     tolerance.abs_floor.update(correctness.floors)
     budget_spec = args.memory_budget
-    if budget_spec is not None:
+    if executor.remote:
+        budget = _fleet_budget(budget_spec, settings.memory_budget.nbytes, executor.kind)
+    elif budget_spec is not None:
         try:
             budget = budget_bytes(float(budget_spec) if _is_number(budget_spec) else parse_bytes(budget_spec), device)
         except ValueError as exc:
@@ -115,17 +121,30 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         cuda_repeats=timing.cuda_repeats, flush_l2=timing.flush_l2 and not args.warm_l2,
         cuda_graph=timing.cuda_graph or args.cuda_graph,
         timeout_s=args.timeout or settings.timeout_s, memory_budget_bytes=budget,
-        device_name=torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
+        device_name="" if executor.remote else torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
         peak_tflops=args.peak_tflops, peak_gbps=args.peak_gbps,
         worker_memory_bytes=budget if device == "cpu" else None,
     )
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,
         cases=cases, impls=impls, options=options, baseline=baseline, registry=registry, predict=predict_peak_bytes,
+        executor=executor,
     )
     out = output_dir(args, suite.name)
     _check_writable(out)
     return spec, out
+
+
+def _fleet_budget(spec: str | None, suite_bytes: int | None, executor: str) -> int | None:
+    """A fleet run plans against a fixed size only: a fraction is of free memory that only the measuring node knows."""
+    if spec is None:
+        return suite_bytes
+    if spec.strip().endswith("%") or (_is_number(spec) and float(spec) <= 1):
+        raise UserError(f"--memory-budget {spec!r}: with --executor {executor}, give a size (e.g. 40GiB)")
+    try:
+        return parse_bytes(spec)
+    except ValueError as exc:
+        raise UserError(f"--memory-budget {spec!r}: {exc}") from None
 
 
 def _is_number(text: str) -> bool:
@@ -147,7 +166,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         if not quiet:
             console.print(f"[yellow]plugin {escape(failure.name)} failed to load:[/] {escape('; '.join(failure.errors))}")
     if not quiet:
-        console.print(f"[bold]{escape(spec.suite_name)}[/] on {spec.device} ({escape(spec.options.device_name)}): "
+        console.print(f"[bold]{escape(spec.suite_name)}[/] on {spec.device} ({escape(spec.options.device_name or 'executor ' + spec.executor.kind)}): "
                       f"{len(spec.cases)} cases x {len(spec.impls)} implementations -> {escape(str(out))}")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet, transient=False)
@@ -161,6 +180,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         )
         progress.update(task, description="done" if not interrupted else "interrupted")
     results_path = out / RESULTS_NAME
+    write_report([results_path], out)
     if args.json:
         print(results_path.read_text())
     elif not args.quiet:

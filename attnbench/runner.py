@@ -1,11 +1,9 @@
-"""Runner: pairs cases with implementations and drives worker processes to measure them.
+"""Runner: what to measure (options, pairs, the plan) and the worker process that measures it.
 
-The parent never runs a plugin's kernel. Each case is measured in rounds:
-round 0 (worker 0) builds, checks correctness over fresh seeds, measures
-memory and times; rounds 1.. (workers 1..) build and time again, with the
-implementations in another order, so process-to-process noise and drift hit
-all implementations alike. Samples from all rounds are pooled into the
-median and IQR. Every pair yields exactly one record, whatever happens.
+The parent never runs a plugin's kernel: it talks to ``python -m
+attnbench.worker`` children. Executors (``attnbench.executors``) decide where
+those children run: this machine's GPUs, Slurm jobs or Ray tasks. Every pair
+yields exactly one record, whatever happens.
 """
 
 from __future__ import annotations
@@ -14,22 +12,17 @@ import json
 import os
 import select
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from attnbench.case import Case
-from attnbench.hardware import device_peak
 from attnbench.implementation import Implementation
 from attnbench.measure.correctness import Tolerance
-from attnbench.measure.timing import iqr
-from attnbench.results import MEASURED, Record
-from attnbench.worker import MEMORY_LIMIT_ENV
+from attnbench.results import Record
 
 WORKER_START_TIMEOUT_S = 180.0
 STDERR_TAIL_LINES = 12
@@ -175,24 +168,23 @@ class WorkerProcess:
         self._stderr.seek(0, os.SEEK_END)
         return "\n".join(text.strip().splitlines()[-lines:])
 
+    def interrupt(self) -> None:
+        """Kill the process from another thread: the thread using this worker sees it die and stops waiting."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.kill()
-        self.proc = None
-
 
 @dataclass
 class Pair:
+    """One case x implementation to measure."""
+
     case: Case
     impl: Implementation
 
@@ -205,138 +197,30 @@ def plan(cases: Iterable[Case], impls: list[Implementation], options: RunOptions
         for impl in impls:
             reason = impl.declines(case)
             if reason:
-                settled.append(_record(impl, case, "unsupported", reason, options))
+                settled.append(make_record(impl, case, "unsupported", reason, options))
                 continue
             if predict is not None and options.memory_budget_bytes is not None:
                 need = predict(case, impl)
                 if need > options.memory_budget_bytes:
-                    settled.append(_record(impl, case, "skipped",
-                                           f"predicted peak {need / 2**30:.2f} GiB exceeds the memory budget "
-                                           f"{options.memory_budget_bytes / 2**30:.2f} GiB", options))
+                    settled.append(make_record(impl, case, "skipped",
+                                               f"predicted peak {need / 2**30:.2f} GiB exceeds the memory budget "
+                                               f"{options.memory_budget_bytes / 2**30:.2f} GiB", options))
                     continue
             todo.append(Pair(case, impl))
     return todo, settled
 
 
-def _record(impl: Implementation, case: Case, status: str, reason: str, options: RunOptions, **extra) -> Record:
+def make_record(impl: Implementation, case: Case, status: str, reason: str, options: RunOptions, **extra) -> Record:
+    """The record of one pair, with the implementation's identity filled in."""
     return Record(impl=impl.name, case=case.to_dict(), status=status, reason=reason, plugin=impl.plugin,
                   version=impl.version, exact=impl.exact, ranked=impl.ranked, hardware=options.device_name, **extra)
 
 
-class LocalExecutor:
-    """Measures pairs on this machine with ``options.processes`` worker processes, one at a time."""
+def __getattr__(name: str):
+    # LocalExecutor lives in attnbench.executors.local, which builds on this module;
+    # importing it lazily keeps ``from attnbench.runner import LocalExecutor`` working without a cycle.
+    if name == "LocalExecutor":
+        from attnbench.executors.local import LocalExecutor
 
-    def __init__(self, options: RunOptions, env: dict[str, str] | None = None) -> None:
-        self.options = options
-        env = dict(os.environ if env is None else env)
-        if options.worker_memory_bytes:
-            env[MEMORY_LIMIT_ENV] = str(options.worker_memory_bytes)
-        self.workers = [WorkerProcess(i, env) for i in range(max(1, options.processes))]
-
-    def __enter__(self) -> LocalExecutor:
-        # Start all workers together: their torch imports overlap.
-        for w in self.workers:
-            w.start()
-        for w in self.workers:
-            try:
-                w.wait_ready()
-            except (WorkerDied, WorkerTimeout):
-                w.proc = None  # restarted on first use; the failure surfaces as that pair's record
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for w in self.workers:
-            w.stop()
-
-    def submit(self, pairs: list[Pair], on_start: Callable[[Pair], None] | None = None) -> Iterator[Record]:
-        """Yield one record per pair, case by case."""
-        by_case: dict[Case, list[Implementation]] = {}
-        for p in pairs:
-            by_case.setdefault(p.case, []).append(p.impl)
-        for case, impls in by_case.items():
-            yield from self._measure_case(case, impls, on_start)
-
-    def _request(self, impl: Implementation, case: Case, first_round: bool) -> dict:
-        o = self.options
-        return {
-            "impl": impl.name, "case": case.to_dict(), "seed": o.seed,
-            "correctness": first_round, "memory": first_round, "timing": True,
-            "seeds": o.seeds, "max_rows": o.max_rows, "tolerance": asdict(o.tolerance),
-            "min_time_s": o.min_time_s, "min_samples": o.min_samples, "warmup_calls": o.warmup_calls,
-            "cuda_repeats": o.cuda_repeats, "flush_l2": o.flush_l2, "cuda_graph": o.cuda_graph,
-        }
-
-    def _measure_case(self, case: Case, impls: list[Implementation], on_start) -> Iterator[Record]:
-        state = {impl.name: {"status": None, "reason": "", "metrics": {}, "samples": [], "process_medians": [], "pids": []}
-                 for impl in impls}
-        rounds = len(self.workers)
-        for r in range(rounds):
-            worker = self.workers[r]
-            order = impls if r % 2 == 0 else list(reversed(impls))
-            for impl in order:
-                s = state[impl.name]
-                if r > 0 and s["status"] not in MEASURED:
-                    continue
-                if r == 0 and on_start is not None:
-                    on_start(Pair(case, impl))
-                reply = self._call(worker, impl, case, r == 0)
-                s["pids"].append(reply.get("pid"))
-                if r == 0:
-                    s["status"], s["reason"] = reply["status"], reply["reason"]
-                    s["metrics"].update(reply.get("metrics", {}))
-                elif reply["status"] not in MEASURED:
-                    # A later round failed: keep what round 0 measured, but say what happened.
-                    s["status"] = reply["status"]
-                    s["reason"] = f"timing process {r + 1}: {reply['reason']}"
-                if reply.get("samples_ms"):
-                    s["samples"].extend(reply["samples_ms"])
-                    s["process_medians"].append(statistics.median(reply["samples_ms"]))
-                    for key in ("timing_method", "timing_inner", "timing_notes"):
-                        if key in reply.get("metrics", {}):
-                            s["metrics"][key] = reply["metrics"][key]
-        for impl in impls:
-            s = state[impl.name]
-            metrics = s["metrics"]
-            if s["samples"]:
-                metrics.update(self._timing_metrics(case, s["samples"], s["process_medians"]))
-            yield _record(impl, case, s["status"], s["reason"], self.options, metrics=metrics,
-                          where={"node": socket.gethostname(), "pids": s["pids"],
-                                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
-
-    def _call(self, worker: WorkerProcess, impl: Implementation, case: Case, first_round: bool) -> dict:
-        try:
-            return worker.call(self._request(impl, case, first_round), self.options.timeout_s)
-        except WorkerTimeout as exc:
-            return {"status": "timeout", "reason": f"{exc}; worker killed", "metrics": {}, "samples_ms": []}
-        except WorkerDied as exc:
-            reason = f"worker {describe_exit(exc.returncode)}"
-            if exc.returncode == -signal.SIGKILL:
-                reason += " (by the OS out-of-memory killer, if nobody else sent it)"
-            if exc.stderr_tail:
-                reason += f"; stderr: {exc.stderr_tail[-600:]}"
-            return {"status": "crashed", "reason": reason, "metrics": {}, "samples_ms": []}
-
-    def _timing_metrics(self, case: Case, samples: list[float], process_medians: list[float]) -> dict:
-        median = statistics.median(samples)
-        seconds = median / 1e3
-        metrics = {
-            "time_ms_median": median,
-            "time_ms_iqr": iqr(samples),
-            "time_ms_n": len(samples),
-            "time_ms_process_medians": process_medians,
-            "tflops": case.flops() / seconds / 1e12,
-            "gbps": case.io_bytes() / seconds / 1e9,
-        }
-        if len(process_medians) > 1:
-            metrics["process_spread"] = max(process_medians) / min(process_medians) - 1
-        peak_tflops, peak_gbps = self.options.peak_tflops, self.options.peak_gbps
-        table = device_peak(self.options.device_name) if case.device == "cuda" else None
-        if table is not None:
-            peak_tflops = peak_tflops or table.tflops.get(case.dtype_name)
-            peak_gbps = peak_gbps or table.gbps
-        if peak_tflops:
-            metrics["pct_peak_tflops"] = 100 * metrics["tflops"] / peak_tflops
-        if peak_gbps:
-            metrics["pct_peak_gbps"] = 100 * metrics["gbps"] / peak_gbps
-        return metrics
-
+        return LocalExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,120 @@
+"""The executor seam: ``submit(pairs) -> records``, one record per pair whatever happens, and how a run picks one.
+
+Every executor is a context manager whose ``submit(pairs, on_start)`` yields
+exactly one Record per pair, in whatever order the pairs finish. Where the
+measurement ran travels in ``Record.where`` (executor, node, GPU,
+CUDA_VISIBLE_DEVICES, attempt, the node's environment) and ``Record.hardware``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from attnbench.errors import UserError
+from attnbench.executors.placement import gres_gpus
+from attnbench.results import Record
+from attnbench.runner import Pair, RunOptions
+
+EXECUTORS = ("local", "slurm", "ray")
+EXTRAS = {"slurm": ("submitit", "attnbench[slurm]"), "ray": ("ray", "attnbench[ray]")}
+"""Remote executors: the module each needs and the extra that installs it."""
+FLAGS = {"slurm_partition": "--slurm-partition", "slurm_gres": "--slurm-gres", "slurm_constraint": "--slurm-constraint",
+         "slurm_time_min": "--slurm-time", "ray_address": "--ray-address", "ray_accelerator_type": "--ray-accelerator-type"}
+"""Each executor setting's command-line flag."""
+FORWARDED_ENV_PREFIX = "ATTNBENCH_"
+"""Variables the driver hands to remote workers (plugin modules, memory limits): configuration, not paths."""
+
+OnStart = Callable[[Pair], None]
+"""Called as a pair starts (or, under Slurm, as its job does): progress display."""
+
+
+class Executor(Protocol):
+    """Where pairs are measured."""
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def submit(self, pairs: list[Pair], on_start: OnStart | None = None) -> Iterator[Record]:
+        """One record per pair; ``on_start`` is called as a pair (or its job) starts."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """``--executor`` and its flags."""
+
+    kind: str = "local"
+    slurm_partition: str | None = None
+    slurm_gres: str | None = None
+    slurm_constraint: str | None = None
+    slurm_time_min: int | None = None
+    ray_address: str | None = None
+    ray_accelerator_type: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        """Pairs are measured on other machines, whose devices this one cannot see."""
+        return self.kind != "local"
+
+    @property
+    def names_gpu(self) -> bool:
+        """The flags ask for GPUs: a gres with GPUs, or an accelerator type."""
+        return bool(gres_gpus(self.slurm_gres) or self.ray_accelerator_type)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExecutorConfig:
+        """From ``attnbench run``'s flags; another executor's flags, or a missing extra, are errors."""
+        config = cls(kind=args.executor, slurm_partition=args.slurm_partition, slurm_gres=args.slurm_gres,
+                     slurm_constraint=args.slurm_constraint, slurm_time_min=args.slurm_time,
+                     ray_address=args.ray_address, ray_accelerator_type=args.ray_accelerator_type)
+        stray = [FLAGS[name] for name, value in asdict(config).items()
+                 if name in FLAGS and value is not None and not name.startswith(config.kind + "_")]
+        if stray:
+            raise UserError(f"{', '.join(stray)}: not a flag of --executor {config.kind}")
+        if config.kind in EXTRAS:
+            module, extra = EXTRAS[config.kind]
+            if importlib.util.find_spec(module) is None:
+                raise UserError(f"--executor {config.kind} needs {module}: pip install '{extra}'")
+        return config
+
+    def to_dict(self) -> dict:
+        """The flags that were given, for the run's record of itself."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def device(self, requested: str) -> str:
+        """A remote run's device: as asked, and for ``auto`` whether the flags ask for GPUs."""
+        if requested != "auto":
+            return requested
+        return "cuda" if self.names_gpu else "cpu"
+
+
+def forwarded_env() -> dict[str, str]:
+    """This process's attnbench settings, for workers on other machines."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+
+
+def open_executor(config: ExecutorConfig, options: RunOptions, *, device: str, run_dir: Path) -> Executor:
+    """The executor ``config`` names, not yet entered; Slurm keeps its jobs' files under ``run_dir/slurm``."""
+    if config.kind == "local":
+        from attnbench.executors.local import LocalExecutor
+
+        return LocalExecutor(options, device=device)
+    if config.kind == "slurm":
+        from attnbench.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(options, run_dir / "slurm", device=device, partition=config.slurm_partition,
+                             gres=config.slurm_gres, constraint=config.slurm_constraint,
+                             time_min=config.slurm_time_min, env=forwarded_env())
+    if config.kind == "ray":
+        from attnbench.executors.ray import RayExecutor
+
+        return RayExecutor(options, address=config.ray_address, accelerator_type=config.ray_accelerator_type,
+                           env=forwarded_env())
+    raise ValueError(f"executor {config.kind!r} is not one of {', '.join(EXECUTORS)}")

@@ -1,0 +1,284 @@
+"""The local executor: this machine's slots (one per GPU, or one on CPU) measuring cases side by side.
+
+Each case is measured in rounds on one slot: round 0 (worker 0) builds,
+checks correctness over fresh seeds, measures memory and times; rounds 1..
+(workers 1..) build and time again, with the implementations in another
+order, so process-to-process noise and drift hit all implementations alike.
+Samples from all rounds are pooled into the median and IQR. A slot times one
+pair at a time and its workers see only its GPU, so no two timings ever share
+a GPU. The same executor is the body of a Slurm job or a Ray task.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+
+from attnbench.case import Case
+from attnbench.executors.base import OnStart
+from attnbench.executors.machine import compact_environment, visible_gpus
+from attnbench.executors.placement import Slot, by_case, device_slots
+from attnbench.executors.telemetry import gpu_state
+from attnbench.hardware import cpu_model, device_peak
+from attnbench.implementation import Implementation
+from attnbench.measure.timing import iqr
+from attnbench.results import MEASURED, Record
+from attnbench.runner import (
+    Pair,
+    RunOptions,
+    WorkerDied,
+    WorkerProcess,
+    WorkerTimeout,
+    describe_exit,
+    make_record,
+)
+from attnbench.worker import MEMORY_LIMIT_ENV
+
+
+class SlotWorkers:
+    """One slot's worker processes and the rounds that measure a case on them."""
+
+    def __init__(self, slot: Slot, options: RunOptions, env: dict[str, str], context: dict) -> None:
+        env = dict(env)
+        if slot.cuda_visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
+        self.slot = slot
+        # A GPU slot names its own card: a machine may hold different GPUs, and the peak table follows the name.
+        self.options = replace(options, device_name=slot.gpu.name if slot.gpu else options.device_name or cpu_model())
+        self.workers = [WorkerProcess(i, env) for i in range(max(1, options.processes))]
+        self.where = {
+            **context,
+            "node": socket.gethostname(),
+            "gpu_index": slot.gpu_index,
+            "gpu_uuid": slot.gpu.uuid if slot.gpu else None,
+            "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+            "environment": compact_environment(),
+        }
+        gpu = slot.gpu
+        # Telemetry asks NVML/nvidia-smi, which number GPUs by PCI bus: the UUID is unambiguous, the index a fallback.
+        self.telemetry_id = None if gpu is None else gpu.uuid or str(slot.gpu_index)
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+
+    def wait_ready(self) -> None:
+        for w in self.workers:
+            try:
+                w.wait_ready()
+            except (WorkerDied, WorkerTimeout):
+                w.proc = None  # restarted on first use; the failure surfaces as that pair's record
+
+    def kill(self) -> None:
+        for w in self.workers:
+            w.kill()
+
+    def interrupt(self) -> None:
+        for w in self.workers:
+            w.interrupt()
+
+    def measure_case(self, case: Case, impls: list[Implementation], on_start: OnStart | None,
+                     abandoned: threading.Event | None = None) -> list[Record]:
+        """One record per implementation; none once ``abandoned`` is set (the run is being torn down)."""
+        state = {impl.name: {"status": None, "reason": "", "metrics": {}, "samples": [], "process_medians": [],
+                             "pids": [], "telemetry": [], "started": None, "finished": None} for impl in impls}
+        for r, worker in enumerate(self.workers):
+            order = impls if r % 2 == 0 else list(reversed(impls))
+            for impl in order:
+                s = state[impl.name]
+                if r > 0 and s["status"] not in MEASURED:
+                    continue
+                if abandoned is not None and abandoned.is_set():
+                    return []
+                if r == 0 and on_start is not None:
+                    on_start(Pair(case, impl))
+                s["started"] = s["started"] or time.time()
+                reply = self._call(worker, impl, case, r == 0)
+                s["finished"] = time.time()
+                if case.device == "cuda" and self.telemetry_id is not None:
+                    s["telemetry"].append(gpu_state(self.telemetry_id))
+                s["pids"].append(reply.get("pid"))
+                if r == 0:
+                    s["status"], s["reason"] = reply["status"], reply["reason"]
+                    s["metrics"].update(reply.get("metrics", {}))
+                elif reply["status"] not in MEASURED:
+                    # A later round failed: keep what round 0 measured, but say what happened.
+                    s["status"] = reply["status"]
+                    s["reason"] = f"timing process {r + 1}: {reply['reason']}"
+                if reply.get("samples_ms"):
+                    s["samples"].extend(reply["samples_ms"])
+                    s["process_medians"].append(statistics.median(reply["samples_ms"]))
+                    for key in ("timing_method", "timing_inner", "timing_notes"):
+                        if key in reply.get("metrics", {}):
+                            s["metrics"][key] = reply["metrics"][key]
+        if abandoned is not None and abandoned.is_set():
+            return []
+        records = []
+        for impl in impls:
+            s = state[impl.name]
+            metrics = s["metrics"]
+            if s["samples"]:
+                metrics.update(self._timing_metrics(case, s["samples"], s["process_medians"]))
+            where = {**self.where, "pids": s["pids"], "started": s["started"], "finished": s["finished"]}
+            if s["telemetry"]:
+                where["gpu_telemetry"] = s["telemetry"]
+            records.append(make_record(impl, case, s["status"], s["reason"], self.options, metrics=metrics,
+                                       where=where))
+        return records
+
+    def _request(self, impl: Implementation, case: Case, first_round: bool) -> dict:
+        o = self.options
+        return {
+            "impl": impl.name, "case": case.to_dict(), "seed": o.seed,
+            "correctness": first_round, "memory": first_round, "timing": True,
+            "seeds": o.seeds, "max_rows": o.max_rows, "tolerance": asdict(o.tolerance),
+            "min_time_s": o.min_time_s, "min_samples": o.min_samples, "warmup_calls": o.warmup_calls,
+            "cuda_repeats": o.cuda_repeats, "flush_l2": o.flush_l2, "cuda_graph": o.cuda_graph,
+        }
+
+    def _call(self, worker: WorkerProcess, impl: Implementation, case: Case, first_round: bool) -> dict:
+        try:
+            return worker.call(self._request(impl, case, first_round), self.options.timeout_s)
+        except WorkerTimeout as exc:
+            return {"status": "timeout", "reason": f"{exc}; worker killed", "metrics": {}, "samples_ms": []}
+        except WorkerDied as exc:
+            reason = f"worker {describe_exit(exc.returncode)}"
+            if exc.returncode == -signal.SIGKILL:
+                reason += " (by the OS out-of-memory killer, if nobody else sent it)"
+            if exc.stderr_tail:
+                reason += f"; stderr: {exc.stderr_tail[-600:]}"
+            return {"status": "crashed", "reason": reason, "metrics": {}, "samples_ms": []}
+
+    def _timing_metrics(self, case: Case, samples: list[float], process_medians: list[float]) -> dict:
+        median = statistics.median(samples)
+        seconds = median / 1e3
+        metrics = {
+            "time_ms_median": median,
+            "time_ms_iqr": iqr(samples),
+            "time_ms_n": len(samples),
+            "time_ms_process_medians": process_medians,
+            "tflops": case.flops() / seconds / 1e12,
+            "gbps": case.io_bytes() / seconds / 1e9,
+        }
+        if len(process_medians) > 1:
+            metrics["process_spread"] = max(process_medians) / min(process_medians) - 1
+        peak_tflops, peak_gbps = self.options.peak_tflops, self.options.peak_gbps
+        table = device_peak(self.options.device_name) if case.device == "cuda" else None
+        if table is not None:
+            peak_tflops = peak_tflops or table.tflops.get(case.dtype_name)
+            peak_gbps = peak_gbps or table.gbps
+        if peak_tflops:
+            metrics["pct_peak_tflops"] = 100 * metrics["tflops"] / peak_tflops
+        if peak_gbps:
+            metrics["pct_peak_gbps"] = 100 * metrics["gbps"] / peak_gbps
+        return metrics
+
+
+_SLOT_DONE = object()
+
+
+class LocalExecutor:
+    """Measures pairs on this machine: cases spread over its slots, which run side by side.
+
+    ``device`` is the device of the cases: ``"cuda"`` gives one slot per GPU
+    this process sees, ``"cpu"`` one slot (CPU timings would disturb each
+    other); ``slots`` replaces that choice. ``context`` is merged into every
+    record's ``where`` (the executor and attempt, and a Slurm job's or Ray
+    task's identity when this runs inside one).
+    """
+
+    def __init__(self, options: RunOptions, env: dict[str, str] | None = None, *, device: str = "cpu",
+                 context: dict | None = None, slots: list[Slot] | None = None) -> None:
+        self.options = options
+        env = dict(os.environ if env is None else env)
+        if options.worker_memory_bytes:
+            env[MEMORY_LIMIT_ENV] = str(options.worker_memory_bytes)
+        if slots is None:
+            gpus = visible_gpus() if device == "cuda" else []
+            slots = device_slots(device, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
+        context = {"executor": "local", "attempt": 1, **(context or {})}
+        self.slots = [SlotWorkers(slot, options, env, context) for slot in slots]
+
+    def __enter__(self) -> LocalExecutor:
+        # Start every worker before waiting for any: their torch imports overlap.
+        try:
+            for slot in self.slots:
+                slot.start()
+            for slot in self.slots:
+                slot.wait_ready()
+        except BaseException:  # a signal while starting: __exit__ will not run, so no worker may outlive this
+            for slot in self.slots:
+                slot.kill()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Killed, not asked to exit: a worker holds nothing once it has answered, torch makes its interpreter
+        # shutdown take over a second (paid by every Ray task), and leaving on an exception (Ctrl-C, SIGTERM,
+        # a job's preemption) must not wait for a measurement to end.
+        for slot in self.slots:
+            slot.kill()
+
+    def submit(self, pairs: list[Pair], on_start: OnStart | None = None) -> Iterator[Record]:
+        """Yield one record per pair, a case's records together when the case is done."""
+        groups = by_case(pairs)
+        if len(self.slots) == 1:
+            for group in groups:
+                yield from self.slots[0].measure_case(group[0].case, [p.impl for p in group], on_start)
+            return
+        yield from self._side_by_side(groups, on_start)
+
+    def _side_by_side(self, groups: list[list[Pair]], on_start: OnStart | None) -> Iterator[Record]:
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for group in groups:
+            todo.put(group)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        abandoned = threading.Event()
+
+        def drive(slot: SlotWorkers) -> None:
+            try:
+                while not abandoned.is_set():
+                    try:
+                        group = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    done.put(slot.measure_case(group[0].case, [p.impl for p in group], on_start, abandoned))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which raises it
+                done.put(exc)
+            finally:
+                done.put(_SLOT_DONE)
+
+        threads = [threading.Thread(target=drive, args=(slot,), name=f"attnbench-slot-{slot.slot.index}", daemon=True)
+                   for slot in self.slots]
+        for t in threads:
+            t.start()
+        running = len(threads)
+        try:
+            while running:
+                try:
+                    item = done.get(timeout=1.0)  # a timeout keeps the thread responsive to signals
+                except queue.Empty:
+                    continue
+                if item is _SLOT_DONE:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield from item
+        finally:
+            if running:
+                abandoned.set()
+            for t in threads:
+                while t.is_alive():
+                    # Again and again: a slot may have started a fresh worker just before it saw the flag.
+                    if abandoned.is_set():
+                        for slot in self.slots:
+                            slot.interrupt()
+                    t.join(0.5)
