@@ -1,8 +1,6 @@
 """The local executor's slots side by side, on real worker processes: two fake GPU slots, CPU cases."""
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -12,17 +10,13 @@ from attnbench.executors.placement import Gpu, Slot
 from attnbench.plugins import load_registry
 from attnbench.runner import RunOptions, plan
 
-FIXTURES = Path(__file__).parent / "fixture_plugins"
 # Two slots pinned to two (fake) GPUs, as device_slots makes them on a two-GPU machine.
 TWO_GPU_SLOTS = [Slot(i, str(i), Gpu(i, "fake GPU"), i) for i in range(2)]
 
 
 @pytest.fixture
-def fleet_env(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("ATTNBENCH_PLUGIN_MODULES", "fleet,misbehaving")
-    monkeypatch.syspath_prepend(str(FIXTURES))
-    return dict(os.environ)
+def fleet_env(fixture_plugins):
+    return fixture_plugins("fleet,misbehaving")
 
 
 def overlap(a, b) -> bool:

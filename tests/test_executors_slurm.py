@@ -19,15 +19,11 @@ from attnbench.executors.slurm import SlurmExecutor, status_for_job_state, timed
 from attnbench.plugins import load_registry  # noqa: E402
 from attnbench.runner import RunOptions, plan  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixture_plugins"
-
 
 @pytest.fixture
-def registry(monkeypatch):
+def registry(fixture_plugins):
     # submitit's local jobs inherit this environment, and their workers with it.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("ATTNBENCH_PLUGIN_MODULES", "misbehaving")
-    monkeypatch.syspath_prepend(str(FIXTURES))
+    fixture_plugins("misbehaving")
     return load_registry()
 
 

@@ -1,7 +1,5 @@
 """A run survives its implementations: crashes, hangs, memory hogs and exceptions become records."""
 
-import os
-from pathlib import Path
 
 import pytest
 
@@ -9,15 +7,10 @@ from attnbench.case import Case
 from attnbench.plugins import load_registry
 from attnbench.runner import LocalExecutor, RunOptions, plan
 
-FIXTURES = Path(__file__).parent / "fixture_plugins"
-
 
 @pytest.fixture
-def fixture_env(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("ATTNBENCH_PLUGIN_MODULES", "misbehaving,planted_defects")
-    monkeypatch.syspath_prepend(str(FIXTURES))
-    return dict(os.environ)
+def fixture_env(fixture_plugins):
+    return fixture_plugins("misbehaving,planted_defects")
 
 
 def test_misbehaving_implementations_end_in_their_status(fixture_env):

@@ -1,7 +1,5 @@
 """The runner end to end in worker processes: planted defects are caught, good implementations pass."""
 
-import os
-from pathlib import Path
 
 import pytest
 
@@ -9,15 +7,10 @@ from attnbench.case import Case
 from attnbench.plugins import load_registry
 from attnbench.runner import LocalExecutor, RunOptions, plan
 
-FIXTURES = Path(__file__).parent / "fixture_plugins"
-
 
 @pytest.fixture
-def defect_env(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("ATTNBENCH_PLUGIN_MODULES", "planted_defects")
-    monkeypatch.syspath_prepend(str(FIXTURES))
-    return dict(os.environ)
+def defect_env(fixture_plugins):
+    return fixture_plugins("planted_defects")
 
 
 def test_planted_defects_come_out_incorrect(defect_env):
