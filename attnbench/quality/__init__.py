@@ -2,8 +2,9 @@
 
 A small transformer, with the implementation under test as its attention,
 is trained on synthetic long-range tasks generated in-process (ListOps,
-associative recall, a distant comparison as a binary task) and scored on held-out data
-with scikit-learn's metrics (the ``quality`` extra)::
+associative recall, and ``compare``: a binary comparison of two distant
+digits) and scored on held-out data with scikit-learn's metrics (the
+``quality`` extra)::
 
     from attnbench.quality import preset, run_task, summarize, agrees_with
 

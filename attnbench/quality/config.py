@@ -91,7 +91,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # at 64 it does not learn within the budget.
     "cpu": {
         "listops": dict(seq_len=128, vocab=17, d_model=64, heads=4, layers=2, batch=32, steps=400, eval_size=1024, lr=3e-3),
-        "recall": dict(seq_len=65, vocab=64, d_model=64, heads=4, layers=2, batch=32, steps=600, eval_size=1024, lr=3e-3),
+        "recall": dict(seq_len=65, vocab=64, d_model=64, heads=4, layers=2, batch=32, steps=800, eval_size=1024, lr=3e-3),
         "compare": dict(seq_len=128, vocab=64, d_model=64, heads=4, layers=2, batch=32, steps=300, eval_size=1024, lr=3e-3),
     },
     # Longer sequences, a bigger model and more steps, for a GPU.
