@@ -6,19 +6,13 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from test_fresh_install import COPY_IGNORE, REPO, run
 
-REPO = Path(__file__).resolve().parents[1]
 ADAPTER = REPO / "plugins" / "attnbench-local-attention"
-# Copied, not built in place: a setuptools build leaves build/ and *.egg-info in its source folder.
-COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", ".tox", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".ruff_cache", "plugins", "reports"
-)
 SUITE = """\
 name: adapter-smoke
 implementations:
@@ -31,12 +25,6 @@ include_cases:
   - {seq: 80, mask: sliding_window, window: 20, pass: fwd+bwd}
 timing: {warmup: 1, min_time_s: 0.01, repeats: 1}
 """
-
-
-def run(*args, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600, **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.mark.slow
