@@ -80,10 +80,19 @@ def dense_mask(
     mask: str, window: int | None, seq_q: int, seq_kv: int, device: str | torch.device = "cpu", *, block: int | None = None
 ) -> torch.Tensor | None:
     """Boolean ``(seq_q, seq_kv)`` tensor, True where attention is allowed; None for no mask."""
+    return mask_tile(mask, window, seq_q, seq_kv, (0, seq_q), (0, seq_kv), device, block=block)
+
+
+def mask_tile(
+    mask: str, window: int | None, seq_q: int, seq_kv: int, rows: tuple[int, int], keys: tuple[int, int],
+    device: str | torch.device = "cpu", *, block: int | None = None,
+) -> torch.Tensor | None:
+    """``dense_mask(...)[rows[0]:rows[1], keys[0]:keys[1]]`` without building the whole mask; None for no mask."""
     if mask == "none":
         return None
-    q_pos = torch.arange(seq_kv - seq_q, seq_kv, device=device)[:, None]
-    k_pos = torch.arange(seq_kv, device=device)[None, :]
+    offset = seq_kv - seq_q
+    q_pos = torch.arange(rows[0] + offset, rows[1] + offset, device=device)[:, None]
+    k_pos = torch.arange(keys[0], keys[1], device=device)[None, :]
     allowed = k_pos <= q_pos
     if mask == "sliding_window":
         assert window is not None and window > 0

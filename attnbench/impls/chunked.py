@@ -5,67 +5,115 @@ without a fused kernel: queries are taken in chunks, keys and values in
 blocks, and a running max and sum rescale the partial results, so the forward
 pass never holds more than ``q_block x kv_block`` scores per head. Blocks
 that the mask hides entirely are skipped, the holes of a block_sparse
-pattern too. Accumulation is in float32 for half-precision inputs.
+pattern too, and only blocks the mask cuts through are masked. Accumulation
+is in float32 for half-precision inputs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
-from attnbench.masks import MASKS, dense_mask, visible_bounds
+from attnbench.masks import MASKS, mask_tile, visible_bounds
 
 Q_BLOCK = 1024
-KV_BLOCK = 256
+KV_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Keys ``[k0, k1)`` for one query chunk; ``hidden`` (True = masked) only where the mask cuts the tile."""
+
+    k0: int
+    k1: int
+    hidden: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    q0: int
+    q1: int
+    tiles: list[Tile]
+
+
+def plan(case: Case, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK, *, with_masks: bool = True) -> list[Chunk]:
+    """The tiles ``chunked`` computes for ``case``; ``with_masks=False`` marks cut tiles without building their masks.
+
+    Shared with the memory model, so the prediction follows the blocks actually visited.
+    """
+    chunks = []
+    for q0 in range(0, case.seq_q, q_block):
+        q1 = min(q0 + q_block, case.seq_q)
+        # Both ends of the visible key range rise with the row: the chunk's first and last rows bound it.
+        first_lo, first_hi = visible_bounds(case.mask, case.window, case.seq_q, case.seq_kv, q0)
+        last_lo, last_hi = visible_bounds(case.mask, case.window, case.seq_q, case.seq_kv, q1 - 1)
+        tiles = []
+        for k0 in range(first_lo - first_lo % kv_block, last_hi, kv_block):
+            k1 = min(k0 + kv_block, last_hi)
+            whole = case.mask != "block_sparse" and last_lo <= k0 and k1 <= first_hi
+            if whole:
+                tiles.append(Tile(k0, k1, None))
+                continue
+            allowed = mask_tile(case.mask, case.window, case.seq_q, case.seq_kv, (q0, q1), (k0, k1), block=case.block)
+            if not allowed.any():
+                continue  # a hole of the pattern
+            if allowed.all():
+                tiles.append(Tile(k0, k1, None))
+            else:
+                hidden = ~allowed.to(case.device) if with_masks else torch.empty(0, dtype=torch.bool)
+                tiles.append(Tile(k0, k1, hidden))
+        chunks.append(Chunk(q0, q1, tiles))
+    return chunks
 
 
 def build(case: Case, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK):
     scale = case.softmax_scale
-    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=case.device, block=case.block)
-    # For each query chunk, the key blocks any of its rows can see: within the key range the rows
-    # span (both ends rise with the row), blocks the mask hides entirely are skipped as well.
-    chunks = []
-    for q0 in range(0, case.seq_q, q_block):
-        q1 = min(q0 + q_block, case.seq_q)
-        lo = visible_bounds(case.mask, case.window, case.seq_q, case.seq_kv, q0)[0]
-        hi = visible_bounds(case.mask, case.window, case.seq_q, case.seq_kv, q1 - 1)[1]
-        blocks = [(k0, min(k0 + kv_block, hi)) for k0 in range(lo - lo % kv_block, hi, kv_block)]
-        if allowed is not None:
-            blocks = [(k0, k1) for k0, k1 in blocks if allowed[q0:q1, k0:k1].any()]
-        chunks.append((q0, q1, blocks))
+    chunks = plan(case, q_block, kv_block)
 
     def chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, heads_q, seq_q, dim = q.shape
         heads_kv = k.shape[1]
         group = heads_q // heads_kv
         acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-        # Query head h uses key/value head h // group: view q as (B, Hkv, group, Sq, D).
+        # In-place updates save a pass over every tile, but autograd needs the values they overwrite.
+        in_place = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+        # Upcast once (O(seq)), not once per tile; a no-op view for float32.
+        k_acc, v_acc = k.to(acc_dtype), v.to(acc_dtype)
+        # Query head h uses key/value head h // group: the group's rows of one kv head share each
+        # matmul, (B, Hkv, group x rows, D) @ (B, Hkv, D, keys), with no repeated k or v.
         qg = q.view(batch, heads_kv, group, seq_q, dim)
         outputs = []
-        for q0, q1, blocks in chunks:
-            qc = qg[:, :, :, q0:q1].to(acc_dtype) * scale
-            rows = q1 - q0
-            running_max = torch.full((batch, heads_kv, group, rows, 1), float("-inf"), dtype=acc_dtype, device=q.device)
+        for chunk in chunks:
+            rows = chunk.q1 - chunk.q0
+            qc = (qg[:, :, :, chunk.q0:chunk.q1].to(acc_dtype) * scale).reshape(batch, heads_kv, group * rows, dim)
+            running_max = torch.full((batch, heads_kv, group * rows, 1), float("-inf"), dtype=acc_dtype, device=q.device)
             running_sum = torch.zeros_like(running_max)
-            acc = torch.zeros((batch, heads_kv, group, rows, dim), dtype=acc_dtype, device=q.device)
-            for k0, k1 in blocks:
-                kb = k[:, :, None, k0:k1].to(acc_dtype)
-                vb = v[:, :, None, k0:k1].to(acc_dtype)
-                scores = qc @ kb.transpose(-2, -1)
-                if allowed is not None:
-                    scores = scores.masked_fill(~allowed[q0:q1, k0:k1], float("-inf"))
+            acc = torch.zeros((batch, heads_kv, group * rows, dim), dtype=acc_dtype, device=q.device)
+            for tile in chunk.tiles:
+                scores = qc @ k_acc[:, :, tile.k0:tile.k1].transpose(-2, -1)
+                if tile.hidden is not None:
+                    scores.view(batch, heads_kv, group, rows, -1).masked_fill_(tile.hidden, float("-inf"))
                 # The max only stabilises exp(); detached, as its gradient cancels.
                 new_max = torch.maximum(running_max, scores.detach().amax(dim=-1, keepdim=True))
                 # Rows that have seen no visible key yet keep a max of -inf: shift by 0 instead of NaN.
-                shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-                probs = torch.exp(scores - shift)
+                shift = new_max.masked_fill(torch.isinf(new_max), 0.0)
                 correction = torch.exp(running_max - shift)
-                running_sum = running_sum * correction + probs.sum(dim=-1, keepdim=True)
-                acc = acc * correction + probs @ vb
+                probs = scores.sub_(shift).exp_()
+                block_sum = probs.sum(dim=-1, keepdim=True)
+                update = probs @ v_acc[:, :, tile.k0:tile.k1]
+                if in_place:
+                    running_sum.mul_(correction).add_(block_sum)
+                    acc.mul_(correction).add_(update)
+                else:
+                    running_sum = running_sum * correction + block_sum
+                    acc = acc * correction + update
                 running_max = new_max
-            outputs.append(acc / running_sum)
+            out = acc.div_(running_sum) if in_place else acc / running_sum
+            outputs.append(out.view(batch, heads_kv, group, rows, dim))
         out = torch.cat(outputs, dim=3) if len(outputs) > 1 else outputs[0]
         return out.view(batch, heads_q, seq_q, dim).to(q.dtype)
 

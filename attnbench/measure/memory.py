@@ -26,7 +26,6 @@ from attnbench.case import Case
 from attnbench.hardware import available_memory_bytes
 from attnbench.implementation import Implementation
 from attnbench.impls import chunked, int8, linformer, performer, sliding_window
-from attnbench.masks import visible_bounds
 
 # --- measurement -----------------------------------------------------------
 
@@ -257,28 +256,30 @@ def sdpa_workspace_bytes(case: Case, impl: Implementation) -> int:
 
 
 def chunked_workspace_bytes(case: Case, impl: Implementation) -> int:
-    """Online softmax over ``q_block x kv_block`` score blocks (``impl.params``, else ``chunked``'s defaults).
+    """Online softmax over ``q_block x kv_block`` score tiles (``impl.params``, else ``chunked``'s defaults).
 
-    Forward holds about four blocks at once (scores, the masked copy, the
-    shifted scores, the probabilities) plus three output-sized tensors (the
-    per-chunk results, their concatenation, the cast), all in the
-    accumulation dtype (float32 for half inputs). Plain autograd saves every
-    visible block's probabilities and the accumulator it rescaled, so
-    backward holds O(visible pairs) after all: the blocks the mask does not
-    skip, counted exactly, plus four blocks in flight. Also the boolean
-    mask it keeps.
+    Forward holds about three tiles at once (the scores, updated in place,
+    the probabilities' sum and the product's temporaries, with margin) plus
+    three output-sized tensors (the per-chunk results, their concatenation,
+    the cast) and the upcast k and v, all in the accumulation dtype (float32
+    for half inputs), and a boolean mask per tile the mask cuts through.
+    Plain autograd saves every visited tile's probabilities and the
+    accumulator it rescaled, so backward holds O(visible pairs) after all:
+    the tiles visited, counted from ``chunked.plan``, plus the tiles in flight.
     """
     acc = _accumulation_itemsize(case)
     q_block = min(int(impl.params.get("q_block", chunked.Q_BLOCK)), case.seq_q)
     kv_block = min(int(impl.params.get("kv_block", chunked.KV_BLOCK)), case.seq_kv)
     heads = case.batch * case.heads_q
-    block = heads * q_block * kv_block * acc
-    total = 4 * block + 3 * math.prod(case.q_shape) * acc + _dense_mask_bytes(case)
+    tiles = [(c.q1 - c.q0, t.k1 - t.k0, t.hidden is not None)
+             for c in chunked.plan(case, q_block, kv_block, with_masks=False) for t in c.tiles]
+    upcast = 2 * math.prod(case.kv_shape) * acc if case.dtype.itemsize < acc else 0
+    mask_bytes = sum(rows * keys for rows, keys, cut in tiles if cut)
+    total = 4 * heads * q_block * kv_block * acc + 3 * math.prod(case.q_shape) * acc + upcast + mask_bytes
     if case.needs_backward:
-        area, blocks = _chunked_visible_blocks(case, q_block, kv_block)
-        # Per visible block: its probabilities, the accumulator, the upcast k and v blocks.
-        total += heads * area * acc
-        total += blocks * (heads * q_block * case.head_dim + 2 * case.batch * case.heads_kv * kv_block * case.head_dim) * acc
+        area = sum(rows * keys for rows, keys, _ in tiles)
+        # Per visited tile: its probabilities and the accumulator it rescaled.
+        total += heads * area * acc + len(tiles) * heads * q_block * case.head_dim * acc
     return total
 
 
@@ -337,19 +338,6 @@ def _kv_repeated_elems(case: Case) -> int:
 
 def _accumulation_itemsize(case: Case) -> int:
     return max(case.dtype.itemsize, 4)
-
-
-def _chunked_visible_blocks(case: Case, q_block: int, kv_block: int) -> tuple[int, int]:
-    """(score pairs per head, block count) that ``chunked`` computes, skipping fully masked blocks as it does."""
-    area = blocks = 0
-    for q0 in range(0, case.seq_q, q_block):
-        q1 = min(q0 + q_block, case.seq_q)
-        lo = visible_bounds(case.mask, case.window, case.seq_q, case.seq_kv, q0)[0]
-        hi = visible_bounds(case.mask, case.window, case.seq_q, case.seq_kv, q1 - 1)[1]
-        for k0 in range(lo - lo % kv_block, hi, kv_block):
-            area += (q1 - q0) * (min(k0 + kv_block, hi) - k0)
-            blocks += 1
-    return area, blocks
 
 
 # --- budget --------------------------------------------------------------------
