@@ -41,6 +41,9 @@ class Request:
     memory: bool
     timing: bool
     seeds: int = 3
+    trials: list[int] | None = None
+    """The correctness trials (0..seeds-1) this process checks; None: all. The runner spreads them over
+    its processes so that each process's first call is a checked one, not a bare warm-up."""
     max_rows: int | None = 2048
     tolerance: corr.Tolerance | None = None
     min_time_s: float = 1.0
@@ -162,20 +165,28 @@ class _Incorrect(Exception):
 MEMORY_TRIAL = 1
 """The correctness trial whose call is also the memory measurement: the second, so one-time
 allocations of the first call (oneDNN primitives, cuBLAS workspaces) are not counted."""
+SLOW_CALL_S = 0.25
+"""A checked call at least this slow stands in for the warm-up before timing: one more call would
+cost seconds on long sequences and change nothing (such calls are timed one per sample anyway)."""
+
+
+def _trials(req: Request) -> list[int]:
+    return list(range(req.seeds)) if req.trials is None else list(req.trials)
 
 
 def _memory_from_trials(req: Request) -> bool:
     """Whether a correctness trial can double as the memory measurement (its call is the timed step's)."""
-    return req.memory and req.correctness and req.seeds > MEMORY_TRIAL and req.case.pass_ != "bwd"
+    return req.memory and req.correctness and MEMORY_TRIAL in _trials(req)[1:] and req.case.pass_ != "bwd"
 
 
-def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict) -> str | None:
-    """Run ``req.seeds`` fresh trials; fill error metrics (worst over trials); return the failure reason or None."""
+def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, call_s: list[float]) -> str | None:
+    """Run this process's trials on fresh inputs; fill error metrics (worst over trials) and each call's
+    seconds into ``call_s``; return the failure reason or None."""
     case = req.case
     tolerance = req.tolerance or corr.Tolerance()
     worst: dict[str, dict] = {}
     failure = None
-    for trial in range(req.seeds):
+    for trial in _trials(req):
         seed = req.seed * 1000 + trial
         pristine, rows, expected, baseline = _REFERENCE.get(case, seed, req.max_rows)
         # The implementation gets copies: a write into them is caught here and cannot
@@ -190,7 +201,9 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict) ->
             metrics["peak_bytes"] = _measure_memory(trial_call, case.device)
             results = box[0]
         else:
+            start = time.perf_counter()
             results = _run_trial(fn, impl, case, inputs)
+            call_s.append(time.perf_counter() - start)
         for name, before, after in zip("qkv", (pristine.q, pristine.k, pristine.v), (inputs.q, inputs.k, inputs.v)):
             if not torch.equal(before, after):
                 raise _Incorrect(f"the implementation wrote into its input {name}")
@@ -213,7 +226,7 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict) ->
         metrics[f"{prefix}baseline_rel_err"] = entry["baseline"]["rel_err"]
         if entry["errors"]["nonfinite"]:
             metrics[f"{prefix}nonfinite"] = entry["errors"]["nonfinite"]
-    metrics["correctness_seeds"] = req.seeds
+    metrics["correctness_seeds"] = len(_trials(req))
     metrics["correctness_rows"] = None if req.max_rows is None or case.seq_q <= req.max_rows or case.needs_backward else req.max_rows
     return failure
 
@@ -232,9 +245,13 @@ def _measure_memory(step: Callable[[], object], device: str) -> int:
     return memory.peak_bytes_cpu(step)
 
 
-def _time(step: Callable[[], object], req: Request, warm: bool) -> Timing:
+def _time(step: Callable[[], object], req: Request, warm: bool, checked_call_s: float | None = None) -> Timing:
+    """Time ``step``; ``warm``: calls of it ran already, the fastest unprofiled one taking ``checked_call_s``."""
     device = req.case.device
-    estimate = warmup(step, 1 if warm else max(1, req.warmup_calls), device)
+    if device == "cpu" and warm and checked_call_s is not None and checked_call_s >= SLOW_CALL_S:
+        estimate = checked_call_s
+    else:
+        estimate = warmup(step, 1 if warm else max(1, req.warmup_calls), device)
     if device == "cuda":
         return time_cuda(step, repeats=req.cuda_repeats, flush_l2=req.flush_l2, cuda_graph=req.cuda_graph)
     return time_cpu(step, min_time_s=req.min_time_s, min_samples=req.min_samples, first_estimate_s=estimate)
@@ -269,9 +286,10 @@ def measure(impl: Implementation, req: Request) -> dict:
         if not callable(fn):
             raise _Incorrect(f"build returned {type(fn).__name__}, not a callable")
         warm = False
-        if req.correctness:
+        call_s: list[float] = []
+        if req.correctness and _trials(req):
             try:
-                failure = _check_correctness(fn, impl, req, metrics)
+                failure = _check_correctness(fn, impl, req, metrics, call_s)
             except _Incorrect as exc:  # unusable output: still timed, as every incorrect result is
                 failure = str(exc)
             warm = True
@@ -286,7 +304,7 @@ def measure(impl: Implementation, req: Request) -> dict:
             metrics["peak_bytes"] = _measure_memory(step, case.device)
             warm = True
         if req.timing:
-            timing = _time(step, req, warm)
+            timing = _time(step, req, warm, min(call_s) if call_s else None)
             reply["samples_ms"] = timing.samples_ms
             metrics["timing_method"] = timing.method
             metrics["timing_inner"] = timing.inner

@@ -2,8 +2,9 @@
 
 Each case is measured in rounds on one slot: round 0 (worker 0) builds,
 checks correctness over fresh seeds, measures memory and times; rounds 1..
-(workers 1..) build and time again, with the implementations in another
-order, so process-to-process noise and drift hit all implementations alike.
+(workers 1..) build, check one more seed each (that call is also their
+warm-up) and time again, with the implementations in another order, so
+process-to-process noise and drift hit all implementations alike.
 Samples from all rounds are pooled into the median and IQR. A slot times one
 pair at a time and its workers see only its GPU, so no two timings ever share
 a GPU. The same executor is the body of a Slurm job or a Ray task.
@@ -112,6 +113,10 @@ class SlotWorkers:
                     # A later round failed: keep what round 0 measured, but say what happened.
                     s["status"] = reply["status"]
                     s["reason"] = f"timing process {r + 1}: {reply['reason']}"
+                else:
+                    merge_correctness(s["metrics"], reply.get("metrics", {}))
+                    if reply["status"] == "incorrect" and s["status"] == "ok":
+                        s["status"], s["reason"] = "incorrect", f"process {r + 1}: {reply['reason']}"
                 if reply.get("samples_ms"):
                     s["samples"].extend(reply["samples_ms"])
                     s["process_medians"].append(statistics.median(reply["samples_ms"]))
@@ -133,19 +138,20 @@ class SlotWorkers:
                                        where=where))
         return records
 
-    def _request(self, impl: Implementation, case: Case, first_round: bool) -> dict:
+    def _request(self, impl: Implementation, case: Case, first_round: bool, trials: list[int]) -> dict:
         o = self.options
         return {
             "impl": impl.name, "case": case.to_dict(), "seed": o.seed,
-            "correctness": first_round, "memory": first_round, "timing": True,
-            "seeds": o.seeds, "max_rows": o.max_rows, "tolerance": asdict(o.tolerance),
+            "correctness": bool(trials), "memory": first_round, "timing": True,
+            "seeds": o.seeds, "trials": trials, "max_rows": o.max_rows, "tolerance": asdict(o.tolerance),
             "min_time_s": o.min_time_s, "min_samples": o.min_samples, "warmup_calls": o.warmup_calls,
             "cuda_repeats": o.cuda_repeats, "flush_l2": o.flush_l2, "cuda_graph": o.cuda_graph,
         }
 
     def _call(self, worker: WorkerProcess, impl: Implementation, case: Case, first_round: bool) -> dict:
+        trials = trials_for_process(worker.index, self.options.seeds, len(self.workers))
         try:
-            return worker.call(self._request(impl, case, first_round), self.options.timeout_s)
+            return worker.call(self._request(impl, case, first_round, trials), self.options.timeout_s)
         except WorkerTimeout as exc:
             return {"status": "timeout", "reason": f"{exc}; worker killed", "metrics": {}, "samples_ms": []}
         except WorkerDied as exc:
@@ -179,6 +185,36 @@ class SlotWorkers:
         if peak_gbps:
             metrics["pct_peak_gbps"] = 100 * metrics["gbps"] / peak_gbps
         return metrics
+
+
+def trials_for_process(process: int, seeds: int, processes: int) -> list[int]:
+    """The correctness trials process ``process`` checks: each later process takes one from the end.
+
+    A checked call is a full call on fresh inputs, so it is also that process's warm-up: on long
+    sequences this saves a bare warm-up call per process. Process 0 keeps at least the first two
+    trials (the cold call and the memory measurement).
+    """
+    keep = min(seeds, 2)
+    given = [seeds - 1 - i for i in range(min(processes - 1, seeds - keep))]
+    if process == 0:
+        return [t for t in range(seeds) if t not in given]
+    return [given[process - 1]] if process - 1 < len(given) else []
+
+
+def merge_correctness(into: dict, other: dict) -> None:
+    """Fold another process's error metrics into ``into``: the worse trial per tensor wins, seeds add up."""
+    for prefix in ("", "dq_", "dk_", "dv_"):
+        if f"{prefix}rel_err" not in other:
+            continue
+        mine = (into.get(f"{prefix}nonfinite", 0), into.get(f"{prefix}rel_err", -1.0))
+        theirs = (other.get(f"{prefix}nonfinite", 0), other[f"{prefix}rel_err"])
+        if f"{prefix}rel_err" not in into or theirs > mine:
+            for key in ("rel_err", "max_abs_err", "baseline_rel_err", "nonfinite"):
+                into.pop(f"{prefix}{key}", None)
+                if f"{prefix}{key}" in other:
+                    into[f"{prefix}{key}"] = other[f"{prefix}{key}"]
+    if "correctness_seeds" in other:
+        into["correctness_seeds"] = into.get("correctness_seeds", 0) + other["correctness_seeds"]
 
 
 _SLOT_DONE = object()

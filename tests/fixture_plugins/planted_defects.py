@@ -82,6 +82,19 @@ def mutates_input(case):
     return mutate
 
 
+def rare_input_bug(case):
+    """Right on every input but one: the third correctness seed's (run seed 0), as a data-dependent bug would be."""
+    from attnbench.measure.correctness import make_inputs
+
+    good = eager_build(case)
+    trigger = make_inputs(case, 2).q
+
+    def rare(q, k, v):
+        out = good(q, k, v)
+        return out * 1.01 if q.shape == trigger.shape and torch.equal(q, trigger) else out
+    return rare
+
+
 DEFECTS = {
     "defect.wrong_scale": wrong_scale,
     "defect.leaky_causal": leaky_causal,
@@ -91,6 +104,7 @@ DEFECTS = {
     "defect.wrong_shape": wrong_shape,
     "defect.nan": returns_nan,
     "defect.mutates_input": mutates_input,
+    "defect.rare_input": rare_input_bug,
 }
 
 
