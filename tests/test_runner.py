@@ -87,3 +87,21 @@ def test_merge_correctness_keeps_the_worse_trial_per_tensor():
                     "correctness_seeds": 3}
     merge_correctness(into, {"rel_err": 1e-9, "nonfinite": 4, "max_abs_err": float("nan")})
     assert into["nonfinite"] == 4 and into["rel_err"] == 1e-9
+
+
+def test_a_slow_pair_costs_three_checked_calls_and_the_timed_samples(fixture_plugins, tmp_path, monkeypatch):
+    # Each process's first call is a checked one and doubles as its warm-up; a checked call of
+    # 0.25 s or more also replaces the calibration call, so nothing runs untimed and unchecked.
+    log = tmp_path / "calls"
+    monkeypatch.setenv("ATTNBENCH_COUNT_FILE", str(log))
+    env = fixture_plugins("counting")
+    case = Case(1, 2, 2, 32, 32, 16)
+    options = RunOptions(processes=2, seeds=3, min_time_s=0.1, min_samples=2)
+    todo, _ = plan([case], load_registry().select(include=["count.slow"]), options)
+    with LocalExecutor(options, env=env) as executor:
+        (record,) = executor.submit(todo)
+    assert record.status == "ok", record.reason
+    first, second = record.where["pids"]
+    calls = log.read_text().split()
+    assert calls.count(str(first)) == 2 + 2 and calls.count(str(second)) == 1 + 2
+    assert record.metrics["time_ms_n"] == 4 and record.metrics["correctness_seeds"] == 3
