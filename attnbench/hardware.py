@@ -114,15 +114,14 @@ def cuda_devices() -> list[dict]:
     return devices
 
 
-def fingerprint() -> dict:
-    """Everything needed to tell two machines' results apart and merge them."""
+def software_fields() -> dict:
+    """The host and software versions every fingerprint starts with; asks no GPU anything."""
     try:
         import triton  # noqa: F401 - optional, recorded when present
 
         triton_version = triton.__version__
     except Exception:  # noqa: BLE001 - a broken triton install must not stop a run
         triton_version = None
-    cuda = torch.cuda.is_available()
     return {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
@@ -131,6 +130,14 @@ def fingerprint() -> dict:
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda_runtime": torch.version.cuda,
+    }
+
+
+def fingerprint() -> dict:
+    """Everything needed to tell two machines' results apart and merge them."""
+    cuda = torch.cuda.is_available()
+    return {
+        **software_fields(),
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "driver": nvidia_driver_version() if cuda else None,
         "cuda_devices": cuda_devices(),

@@ -181,6 +181,21 @@ class WorkerProcess:
         self.proc = None
 
 
+def call_or_failure(worker: WorkerProcess, request: dict, timeout_s: float) -> dict:
+    """The worker's reply, or a reply saying how the worker failed (it is restarted on its next call)."""
+    try:
+        return worker.call(request, timeout_s)
+    except WorkerTimeout as exc:
+        return {"status": "timeout", "reason": f"{exc}; worker killed", "metrics": {}, "samples_ms": []}
+    except WorkerDied as exc:
+        reason = f"worker {describe_exit(exc.returncode)}"
+        if exc.returncode == -signal.SIGKILL:
+            reason += " (by the OS out-of-memory killer, if nobody else sent it)"
+        if exc.stderr_tail:
+            reason += f"; stderr: {exc.stderr_tail[-600:]}"
+        return {"status": "crashed", "reason": reason, "metrics": {}, "samples_ms": []}
+
+
 @dataclass
 class Pair:
     """One case x implementation to measure."""

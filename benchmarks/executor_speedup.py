@@ -1,19 +1,20 @@
 """Checks for issue 10: a suite fanned out over a local Ray cluster with two fake GPUs, and crashes under each executor.
 
 1. The same pairs measured serially (``--executor local`` on CPU: one slot)
-   and as Ray tasks on a local cluster with two fake GPUs (one GPU per task,
-   so two at a time): wall times, their ratio, and whether every record is
-   present, ok, and placed on its own GPU whenever two overlapped.
+   and as Ray tasks on a local cluster with two fake GPUs (one task per case,
+   one GPU per task, so two cases at a time): wall times, their ratio, and
+   whether every record is present, ok, its case's pairs measured by one task,
+   and placed on its own GPU whenever two tasks overlapped.
 2. A crashing implementation (``bad.abort``) next to a good one under the
    local, Ray and Slurm (submitit's local cluster) executors: each yields its
    record, and nothing hangs.
 
-The pairs are ``fleet.sleepy`` (tests/fixture_plugins/fleet.py): correct
-attention that sleeps in each call, so a pair's time is waiting, not CPU, and
+The pairs are ``--cases`` cases x ``--impls`` of ``fleet.sleepy`` and its twins
+(tests/fixture_plugins/fleet.py): correct attention that sleeps in each call, so a pair's time is waiting, not CPU, and
 two pairs overlap on a 2-core machine the way two GPU-bound pairs would on two
 GPUs. With CPU-bound pairs the ratio is capped by cores, not by the executor.
 
-    .venv/bin/python benchmarks/executor_speedup.py [--pairs 8] [--pair-seconds 6]
+    .venv/bin/python benchmarks/executor_speedup.py [--cases 4] [--impls 2] [--pair-seconds 6]
 
 A pair's timing lasts about ``--pair-seconds`` (min_time_s); each call sleeps
 1/100 of it (at least 50 ms), since timing stops at 200 samples.
@@ -44,14 +45,16 @@ from attnbench.plugins import load_registry  # noqa: E402
 from attnbench.runner import RunOptions, plan  # noqa: E402
 
 
-def speedup(n_pairs: int, pair_seconds: float) -> None:
+def speedup(n_cases: int, n_impls: int, pair_seconds: float) -> None:
     # Read by fleet.sleepy in the workers, which inherit os.environ (local) or get WORKER_ENV (Ray).
     sleep = str(max(0.05, pair_seconds / 100))
     os.environ["ATTNBENCH_FLEET_SLEEP_S"] = WORKER_ENV["ATTNBENCH_FLEET_SLEEP_S"] = sleep
     registry = load_registry()
-    cases = [Case(1, 2, 2, 32 + 16 * i, 32 + 16 * i, 16) for i in range(n_pairs)]
+    cases = [Case(1, 2, 2, 32 + 16 * i, 32 + 16 * i, 16) for i in range(n_cases)]
     options = RunOptions(processes=1, seeds=3, min_time_s=pair_seconds, min_samples=3, timeout_s=600)
-    todo, _ = plan(cases, registry.select(include=["fleet.sleepy"]), options)
+    impls = registry.select(include=["fleet.sleepy*"])[:n_impls]
+    todo, _ = plan(cases, impls, options)
+    n_pairs = len(todo)
 
     start = time.monotonic()
     with LocalExecutor(options) as executor:
@@ -68,15 +71,15 @@ def speedup(n_pairs: int, pair_seconds: float) -> None:
     ray_s = time.monotonic() - start
     ray.shutdown()
 
-    print(f"{n_pairs} pairs of fleet.sleepy ({sleep} s per call), timed for {pair_seconds:g} s each (min_time_s), "
-          "1 process per pair")
+    print(f"{n_cases} cases x {len(impls)} implementations (fleet.sleepy and twins, {sleep} s per call) = {n_pairs} "
+          f"pairs, timed for {pair_seconds:g} s each (min_time_s), 1 process per pair; 1 Ray task per case")
     print(f"  serial (local, one slot):     {serial_s:6.1f} s")
     print(f"  Ray, 2 fake GPUs:             {ray_s:6.1f} s   (+ {ray_start_s:.1f} s to start Ray, not counted)")
     print(f"  ratio Ray / serial:           {ray_s / serial_s:6.2f}")
     busy = sum(r.where["finished"] - r.where["started"] for r in fanned)
-    overhead = (2 * ray_s - busy) / n_pairs
-    print(f"  per Ray task:                 {busy / n_pairs:6.1f} s measuring + {overhead:.1f} s else (mostly its "
-          "fresh worker process importing torch, two at once on two cores)")
+    overhead = (2 * ray_s - busy) / n_cases
+    print(f"  per Ray task:                 {busy / n_cases:6.1f} s measuring + {overhead:.1f} s else (the first task "
+          "on each lane starts its Ray process's torch and its worker; later ones take the last one's worker)")
     print(f"  ratio without that start-up:  {busy / 2 / serial_s:6.2f}   (measuring time over two lanes / serial wall)")
     for name, records in (("serial", serial), ("ray", fanned)):
         assert len(records) == n_pairs and all(r.status == "ok" for r in records), (name, [r.reason for r in records])
@@ -84,9 +87,29 @@ def speedup(n_pairs: int, pair_seconds: float) -> None:
                    if a.where["started"] < b.where["finished"] and b.where["started"] < a.where["finished"]]
     assert overlapping, "no two Ray tasks overlapped"
     assert all(a.where["cuda_visible_devices"] != b.where["cuda_visible_devices"] for a, b in overlapping)
+    tasks = {}
+    for r in fanned:
+        tasks.setdefault(r.case["seq_q"], set()).add((r.where["job"]["task_id"], r.where["cuda_visible_devices"]))
+    assert all(len(placed) == 1 for placed in tasks.values()), "a case's pairs were measured by several tasks"
+    kept = took_over(fanned)
+    print(f"  tasks that took over the worker their Ray process's previous task left: {kept} of {n_cases - 2} "
+          "possible (the first task on each of two lanes starts its own)")
     devices = sorted({r.where["cuda_visible_devices"] for r in fanned})
     print(f"  every record present and ok; {len(overlapping)} overlapping pairs of tasks, each on two distinct "
           f"GPUs (CUDA_VISIBLE_DEVICES used: {', '.join(devices)})")
+
+
+def took_over(records: list) -> int:
+    """Tasks whose worker pids are those of the previous task in the same Ray worker process."""
+    first_of_task = {}
+    for r in sorted(records, key=lambda r: r.where["started"]):
+        first_of_task.setdefault(r.where["job"]["task_id"], r)
+    last, kept = {}, 0
+    for r in first_of_task.values():
+        process = r.where["job"]["worker_id"]
+        kept += process in last and last[process] == r.where["pids"]
+        last[process] = r.where["pids"]
+    return kept
 
 
 def crashes() -> None:
@@ -112,10 +135,11 @@ def crashes() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--impls", type=int, default=2, choices=range(1, 5), help="implementations per case (1-4)")
     parser.add_argument("--pair-seconds", type=float, default=6.0)
     args = parser.parse_args()
-    speedup(args.pairs, args.pair_seconds)
+    speedup(args.cases, args.impls, args.pair_seconds)
     crashes()
 
 

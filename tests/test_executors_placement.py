@@ -8,6 +8,7 @@ from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig
 from attnbench.executors.placement import Gpu, by_case, chunk, device_slots, gres_gpus, ray_request, unfit_reason
 from attnbench.executors.telemetry import parse_smi_line, throttle_names
+from attnbench.suite import Hardware
 
 
 def gpus(n, name="NVIDIA H100 80GB HBM3"):
@@ -91,6 +92,30 @@ def test_flags_of_another_executor_are_refused():
     with pytest.raises(UserError, match="--slurm-gres: not a flag of --executor ray"):
         ExecutorConfig.from_args(run_args(executor="ray", slurm_gres="gpu:1"))
     assert ExecutorConfig.from_args(run_args()).to_dict() == {"kind": "local"}
+
+
+SUITE_HARDWARE = Hardware(gpu_type="H100", gpus_per_job=4, partition="gpu")
+
+
+def test_the_suites_hardware_fills_what_no_flag_sets():
+    ray = ExecutorConfig.from_args(run_args(executor="ray"), SUITE_HARDWARE)
+    assert ray.to_dict() == {"kind": "ray", "ray_accelerator_type": "H100"} and ray.device("auto") == "cuda"
+    slurm = ExecutorConfig.from_args(run_args(executor="slurm"), SUITE_HARDWARE)
+    assert slurm.to_dict() == {"kind": "slurm", "slurm_partition": "gpu", "slurm_constraint": "H100",
+                               "slurm_gpus_per_job": 4}
+    # A GPU type alone asks for a GPU per job, so `--device auto` is cuda.
+    typed = ExecutorConfig.from_args(run_args(executor="slurm"), Hardware(gpu_type="H100"))
+    assert typed.slurm_gpus_per_job == 1 and typed.device("auto") == "cuda"
+    assert ExecutorConfig.from_args(run_args(), SUITE_HARDWARE).to_dict() == {"kind": "local"}
+
+
+def test_flags_replace_the_suites_hardware():
+    ray = ExecutorConfig.from_args(run_args(executor="ray", ray_accelerator_type="A100"), SUITE_HARDWARE)
+    assert ray.ray_accelerator_type == "A100"
+    slurm = ExecutorConfig.from_args(run_args(executor="slurm", slurm_partition="debug", slurm_gres="gpu:a100:2",
+                                              slurm_constraint="a100"), SUITE_HARDWARE)
+    assert slurm.to_dict() == {"kind": "slurm", "slurm_partition": "debug", "slurm_gres": "gpu:a100:2",
+                               "slurm_constraint": "a100"}
 
 
 def test_fleet_device_follows_the_flags():

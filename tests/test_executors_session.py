@@ -1,4 +1,5 @@
-"""A run through the executor seam: resume re-measures what the fleet lost, and `attnbench run --executor ray` end to end."""
+"""A run through the executor seam: resume re-measures what the fleet lost, the suite's hardware section reaching
+the fleet executors, and `attnbench run --executor ray` end to end."""
 
 import json
 import os
@@ -9,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from attnbench.case import Case
+from attnbench.cli import build_parser
+from attnbench.executors import open_executor
 from attnbench.plugins import load_registry
 from attnbench.results import Journal, Record
+from attnbench.run_command import build_spec
 from attnbench.runner import RunOptions
 from attnbench.session import JOURNAL_NAME, RunSpec, run
 
@@ -45,6 +49,27 @@ def test_resume_measures_again_only_what_the_fleet_lost(tmp_path):
 
     info, records, _ = run(spec, tmp_path, resume=True)  # the newest journal line counts: nothing left to do
     assert info["resumed_records"] == 2 and len(records) == 2
+
+
+def test_the_suites_hardware_reaches_the_fleet_executor_and_flags_win(tmp_path):
+    pytest.importorskip("ray", reason="the Ray executor needs ray: pip install 'attnbench[ray]'")
+    pytest.importorskip("submitit", reason="the Slurm executor needs submitit: pip install 'attnbench[slurm]'")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE + "hardware: {gpu_type: H100, gpus_per_job: 2, partition: gpu}\n")
+
+    def spec(*flags):
+        return build_spec(build_parser().parse_args(["run", str(suite), "--output", str(tmp_path / "out"), *flags]))[0]
+
+    ray = spec("--executor", "ray")
+    assert ray.device == "cuda" and ray.executor.ray_accelerator_type == "H100"  # a GPU type: auto means cuda
+    assert spec("--executor", "ray", "--ray-accelerator-type", "A100").executor.ray_accelerator_type == "A100"
+    slurm = spec("--executor", "slurm")
+    executor = open_executor(slurm.executor, slurm.options, device=slurm.device, run_dir=tmp_path)
+    assert (executor.constraint, executor.partition, executor.gres, executor.gpus_per_job) == ("H100", "gpu", None, 2)
+    flagged = spec("--executor", "slurm", "--slurm-gres", "gpu:a100:1", "--slurm-constraint", "a100").executor
+    assert (flagged.slurm_constraint, flagged.slurm_partition, flagged.slurm_gres, flagged.slurm_gpus_per_job) == (
+        "a100", "gpu", "gpu:a100:1", None)
+    assert spec().executor.to_dict() == {"kind": "local"}  # a local run measures on this machine as it is
 
 
 @pytest.mark.slow

@@ -12,14 +12,17 @@ import argparse
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from attnbench.errors import UserError
 from attnbench.executors.placement import gres_gpus
 from attnbench.results import Record
 from attnbench.runner import Pair, RunOptions
+
+if TYPE_CHECKING:
+    from attnbench.suite import Hardware
 
 EXECUTORS = ("local", "slurm", "ray")
 EXTRAS = {"slurm": ("submitit", "attnbench[slurm]"), "ray": ("ray", "attnbench[ray]")}
@@ -48,13 +51,15 @@ class Executor(Protocol):
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """``--executor`` and its flags."""
+    """``--executor`` and its flags, over the suite's ``hardware`` section."""
 
     kind: str = "local"
     slurm_partition: str | None = None
     slurm_gres: str | None = None
     slurm_constraint: str | None = None
     slurm_time_min: int | None = None
+    slurm_gpus_per_job: int | None = None
+    """GPUs per job where no gres says (the suite's gpus_per_job); no flag of its own: --slurm-gres replaces it."""
     ray_address: str | None = None
     ray_accelerator_type: str | None = None
 
@@ -65,12 +70,13 @@ class ExecutorConfig:
 
     @property
     def names_gpu(self) -> bool:
-        """The flags ask for GPUs: a gres with GPUs, or an accelerator type."""
-        return bool(gres_gpus(self.slurm_gres) or self.ray_accelerator_type)
+        """The settings ask for GPUs: a gres with GPUs, a GPU count, or an accelerator type."""
+        return bool(gres_gpus(self.slurm_gres) or self.slurm_gpus_per_job or self.ray_accelerator_type)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ExecutorConfig:
-        """From ``attnbench run``'s flags; another executor's flags, or a missing extra, are errors."""
+    def from_args(cls, args: argparse.Namespace, hardware: Hardware | None = None) -> ExecutorConfig:
+        """From ``attnbench run``'s flags over the suite's ``hardware``; another executor's flags, or a missing
+        extra, are errors."""
         config = cls(kind=args.executor, slurm_partition=args.slurm_partition, slurm_gres=args.slurm_gres,
                      slurm_constraint=args.slurm_constraint, slurm_time_min=args.slurm_time,
                      ray_address=args.ray_address, ray_accelerator_type=args.ray_accelerator_type)
@@ -82,10 +88,24 @@ class ExecutorConfig:
             module, extra = EXTRAS[config.kind]
             if importlib.util.find_spec(module) is None:
                 raise UserError(f"--executor {config.kind} needs {module}: pip install '{extra}'")
-        return config
+        return config.under(hardware) if hardware is not None else config
+
+    def under(self, hardware: Hardware) -> ExecutorConfig:
+        """These settings with the suite's ``hardware`` filling what no flag set: each flag replaces the key it names.
+
+        ``gpu_type`` is Ray's accelerator type and Slurm's constraint; on
+        Slurm it also means one GPU per job at least, unless a gres says.
+        """
+        if self.kind == "ray":
+            return replace(self, ray_accelerator_type=self.ray_accelerator_type or hardware.gpu_type)
+        if self.kind == "slurm":
+            gpus = None if self.slurm_gres else hardware.gpus_per_job or (1 if hardware.gpu_type else None)
+            return replace(self, slurm_partition=self.slurm_partition or hardware.partition,
+                           slurm_constraint=self.slurm_constraint or hardware.gpu_type, slurm_gpus_per_job=gpus)
+        return self  # a local run measures on this machine as it is
 
     def to_dict(self) -> dict:
-        """The flags that were given, for the run's record of itself."""
+        """The settings in force (flags, and the suite's hardware where no flag was given), for the run's record."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def device(self, requested: str) -> str:
@@ -111,7 +131,8 @@ def open_executor(config: ExecutorConfig, options: RunOptions, *, device: str, r
 
         return SlurmExecutor(options, run_dir / "slurm", device=device, partition=config.slurm_partition,
                              gres=config.slurm_gres, constraint=config.slurm_constraint,
-                             time_min=config.slurm_time_min, env=forwarded_env())
+                             gpus_per_job=config.slurm_gpus_per_job, time_min=config.slurm_time_min,
+                             env=forwarded_env())
     if config.kind == "ray":
         from attnbench.executors.ray import RayExecutor
 

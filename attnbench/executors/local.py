@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import socket
 import statistics
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
+from typing import Protocol
 
 from attnbench.case import Case
 from attnbench.executors.base import OnStart
@@ -37,23 +37,34 @@ from attnbench.runner import (
     WorkerDied,
     WorkerProcess,
     WorkerTimeout,
-    describe_exit,
+    call_or_failure,
     make_record,
 )
 from attnbench.worker import MEMORY_LIMIT_ENV
 
 
+class KeptWorkers(Protocol):
+    """Workers that outlive an executor (attnbench.executors.pool): taken at its start, given back after a clean end."""
+
+    def take(self, env: dict[str, str], count: int) -> list[WorkerProcess]: ...
+
+    def give_back(self, slots: list[list[WorkerProcess]]) -> None: ...
+
+
 class SlotWorkers:
     """One slot's worker processes and the rounds that measure a case on them."""
 
-    def __init__(self, slot: Slot, options: RunOptions, env: dict[str, str], context: dict) -> None:
+    def __init__(self, slot: Slot, options: RunOptions, env: dict[str, str], context: dict,
+                 kept: KeptWorkers | None = None) -> None:
         env = dict(env)
         if slot.cuda_visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
         self.slot = slot
         # A GPU slot names its own card: a machine may hold different GPUs, and the peak table follows the name.
         self.options = replace(options, device_name=slot.gpu.name if slot.gpu else options.device_name or cpu_model())
-        self.workers = [WorkerProcess(i, env) for i in range(max(1, options.processes))]
+        count = max(1, options.processes)
+        self.workers = kept.take(env, count) if kept is not None else [WorkerProcess(i, env) for i in range(count)]
+        self._starting: list[WorkerProcess] = []
         self.where = {
             **context,
             "node": socket.gethostname(),
@@ -67,11 +78,13 @@ class SlotWorkers:
         self.telemetry_id = None if gpu is None else gpu.uuid or str(slot.gpu_index)
 
     def start(self) -> None:
-        for w in self.workers:
+        # A kept worker still running answered its ready line for an earlier executor.
+        self._starting = [w for w in self.workers if w.proc is None or w.proc.poll() is not None]
+        for w in self._starting:
             w.start()
 
     def wait_ready(self) -> None:
-        for w in self.workers:
+        for w in self._starting:
             try:
                 w.wait_ready()
             except (WorkerDied, WorkerTimeout):
@@ -150,17 +163,7 @@ class SlotWorkers:
 
     def _call(self, worker: WorkerProcess, impl: Implementation, case: Case, first_round: bool) -> dict:
         trials = trials_for_process(worker.index, self.options.seeds, len(self.workers))
-        try:
-            return worker.call(self._request(impl, case, first_round, trials), self.options.timeout_s)
-        except WorkerTimeout as exc:
-            return {"status": "timeout", "reason": f"{exc}; worker killed", "metrics": {}, "samples_ms": []}
-        except WorkerDied as exc:
-            reason = f"worker {describe_exit(exc.returncode)}"
-            if exc.returncode == -signal.SIGKILL:
-                reason += " (by the OS out-of-memory killer, if nobody else sent it)"
-            if exc.stderr_tail:
-                reason += f"; stderr: {exc.stderr_tail[-600:]}"
-            return {"status": "crashed", "reason": reason, "metrics": {}, "samples_ms": []}
+        return call_or_failure(worker, self._request(impl, case, first_round, trials), self.options.timeout_s)
 
     def _timing_metrics(self, case: Case, samples: list[float], process_medians: list[float]) -> dict:
         median = statistics.median(samples)
@@ -227,11 +230,14 @@ class LocalExecutor:
     this process sees, ``"cpu"`` one slot (CPU timings would disturb each
     other); ``slots`` replaces that choice. ``context`` is merged into every
     record's ``where`` (the executor and attempt, and a Slurm job's or Ray
-    task's identity when this runs inside one).
+    task's identity when this runs inside one). With ``kept``, the workers
+    come from it and go back to it when the executor ends without an
+    exception (else they are killed, as without it).
     """
 
     def __init__(self, options: RunOptions, env: dict[str, str] | None = None, *, device: str = "cpu",
-                 context: dict | None = None, slots: list[Slot] | None = None) -> None:
+                 context: dict | None = None, slots: list[Slot] | None = None,
+                 kept: KeptWorkers | None = None) -> None:
         self.options = options
         env = dict(os.environ if env is None else env)
         if options.worker_memory_bytes:
@@ -240,7 +246,8 @@ class LocalExecutor:
             gpus = visible_gpus() if device == "cuda" else []
             slots = device_slots(device, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
         context = {"executor": "local", "attempt": 1, **(context or {})}
-        self.slots = [SlotWorkers(slot, options, env, context) for slot in slots]
+        self.kept = kept
+        self.slots = [SlotWorkers(slot, options, env, context, kept) for slot in slots]
 
     def __enter__(self) -> LocalExecutor:
         # Start every worker before waiting for any: their torch imports overlap.
@@ -255,7 +262,10 @@ class LocalExecutor:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.kept is not None and exc_type is None:
+            self.kept.give_back([slot.workers for slot in self.slots])
+            return
         # Killed, not asked to exit: a worker holds nothing once it has answered, torch makes its interpreter
         # shutdown take over a second (paid by every Ray task), and leaving on an exception (Ctrl-C, SIGTERM,
         # a job's preemption) must not wait for a measurement to end.

@@ -128,20 +128,22 @@ class SlurmExecutor:
     """Measures pairs as a Slurm job array; records stream back as array tasks finish.
 
     ``gres`` (e.g. ``gpu:h100:1``) or ``constraint`` choose the GPUs; a job gets
-    as many cases as its gres has GPUs, one slot each. ``time_min`` defaults to
-    the worst case the per-pair timeout allows. ``cluster="local"`` runs the
-    jobs as local processes through submitit (the tests); ``folder`` must be on
-    a filesystem the nodes share.
+    as many cases as its gres has GPUs (else ``gpus_per_job``, default 1 on
+    CUDA), one slot each. ``time_min`` defaults to the worst case the per-pair
+    timeout allows. ``cluster="local"`` runs the jobs as local processes
+    through submitit (the tests); ``folder`` must be on a filesystem the nodes
+    share.
     """
 
     def __init__(self, options: RunOptions, folder: Path, *, device: str = "cuda", partition: str | None = None,
-                 gres: str | None = None, constraint: str | None = None, time_min: int | None = None,
-                 cluster: str = "slurm", env: dict[str, str] | None = None, poll_s: float = 5.0,
-                 result_grace_s: float = 30.0) -> None:
+                 gres: str | None = None, constraint: str | None = None, gpus_per_job: int | None = None,
+                 time_min: int | None = None, cluster: str = "slurm", env: dict[str, str] | None = None,
+                 poll_s: float = 5.0, result_grace_s: float = 30.0) -> None:
         self.options = options
         self.folder = Path(folder)
         self.device = device
         self.partition, self.gres, self.constraint, self.time_min = partition, gres, constraint, time_min
+        self.gpus_per_job = gpus_per_job
         self.cluster = cluster
         self.env = dict(env or {})
         self.poll_s = poll_s
@@ -161,7 +163,8 @@ class SlurmExecutor:
         """Submit the array, then yield each job's records as it ends (one per pair, whatever happened)."""
         if not pairs:
             return
-        gpus_per_job = max(1, gres_gpus(self.gres)) if self.device == "cuda" else 0
+        gpus = gres_gpus(self.gres) if self.gres else self.gpus_per_job or 1
+        gpus_per_job = max(1, gpus) if self.device == "cuda" else 0
         groups = by_case(pairs)
         jobs = chunk(groups, max(1, gpus_per_job))
         limit_s = 60 * (self.time_min or self._worst_case_min(groups))

@@ -2,7 +2,8 @@
 
 ``fleet.sleepy`` is correct attention that sleeps in every call, so its time is
 wall-clock waiting, not CPU: two of them overlap on a 2-core machine as two
-GPU-bound pairs would on two GPUs. ``fleet.kills_task`` kills the process that
+GPU-bound pairs would on two GPUs. ``fleet.sleepy_b`` .. ``_d`` are the same,
+for cases with several implementations. ``fleet.kills_task`` kills the process that
 started its worker: inside a Ray task, the task's own process.
 """
 
@@ -34,5 +35,6 @@ def kills_task(case):
 
 @hookimpl
 def attnbench_implementations():
-    return [Implementation(name="fleet.sleepy", build=sleepy, description="eager after a sleep"),
-            Implementation(name="fleet.kills_task", build=kills_task, description="kills its worker's parent")]
+    twins = [Implementation(name=name, build=sleepy, description="eager after a sleep")
+             for name in ("fleet.sleepy", "fleet.sleepy_b", "fleet.sleepy_c", "fleet.sleepy_d")]
+    return [*twins, Implementation(name="fleet.kills_task", build=kills_task, description="kills its worker's parent")]
