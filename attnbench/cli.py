@@ -99,7 +99,8 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
             Console(stderr=True, soft_wrap=True).print(f"[bold red]invalid:[/] {_escape(str(exc))}")
             failed = True
             continue
-        counts = ", ".join(f"{len(suite.cases(d))} {d} cases" for d in ("cpu", "cuda"))
+        counts = ", ".join(f"{len(suite.cases(d))} {d} cases" + (f" + {len(suite.tasks(d))} tasks" if suite.tasks(d) else "")
+                           for d in ("cpu", "cuda"))
         console.print(f"[green]ok[/] {_escape(path)}: suite {_escape(suite.name)}, {counts}")
     return EXIT_INPUT if failed else EXIT_OK
 
@@ -118,10 +119,13 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         console.print(f"report: {_escape(str(page))}")
         return EXIT_OK
     from attnbench.report.board import print_leaderboards
+    from attnbench.report.quality import kernel_runs, print_task_boards, task_boards
     from attnbench.report.rank import leaderboard
     from attnbench.report.runs import group_runs, load_runs
 
-    print_leaderboards(console, [leaderboard(g) for g in group_runs(load_runs(args.results))])
+    runs = load_runs(args.results)
+    print_leaderboards(console, [leaderboard(g) for g in group_runs(kernel_runs(runs))])
+    print_task_boards(console, task_boards(runs))
     return EXIT_OK
 
 
@@ -191,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print results.json to stdout at the end")
     p.add_argument("--executor", choices=("local", "slurm", "ray"), default="local",
                    help="where pairs are measured: this machine, one slot per GPU (default); a Slurm job array; "
-                        "a Ray task per pair (docs/executors.md)")
+                        "a Ray task per case (docs/executors.md)")
     p.add_argument("--slurm-partition", metavar="NAME", help="slurm: partition to submit to")
     p.add_argument("--slurm-gres", metavar="GRES", help="slurm: generic resources per job, e.g. gpu:h100:1 "
                    "(a job gets one case per GPU; default for CUDA: one GPU of any type)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +18,7 @@ from attnbench.hardware import cpu_model
 from attnbench.measure.correctness import Tolerance
 from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
 from attnbench.plugins import load_registry
+from attnbench.quality.runner import EAGER
 from attnbench.report.html import write_report
 from attnbench.report.terminal import print_run
 from attnbench.results import FAILURES, read_results
@@ -77,13 +80,18 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         suite = load_suite(args.suite)
     except SuiteError as exc:
         raise UserError(str(exc)) from None
-    executor = ExecutorConfig.from_args(args)
+    executor = ExecutorConfig.from_args(args, suite.hardware)
     # A fleet's devices are on its nodes: this machine's torch has no say.
     device = executor.device(args.device) if executor.remote else resolve_device(args.device)
     settings = suite.settings(device)
     cases = filter_cases(suite.cases(device), args.where)
-    if not cases:
+    tasks = [replace(t, seeds=tuple(args.seed + s for s in t.seeds)) for t in suite.tasks(device)]
+    if not cases and not tasks:
         raise UserError(f"{args.suite}: no {device} cases left to run" + (" after --where" if args.where else ""))
+    if tasks and executor.remote:
+        raise UserError(f"{args.suite}: quality tasks train on this machine only; run them with --executor local")
+    if tasks and importlib.util.find_spec("sklearn") is None:
+        raise UserError(f"{args.suite}: quality tasks are scored with scikit-learn: pip install 'attnbench[quality]'")
 
     registry = load_registry()
     include = list(args.impl) or list(settings.include)
@@ -96,6 +104,9 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
     if baseline in registry.implementations and all(i.name != baseline for i in impls) and baseline not in args.exclude:
         # Speedups need their baseline measured in the same run.
         impls.insert(0, registry.get(baseline))
+    if tasks and EAGER in registry.implementations and all(i.name != EAGER for i in impls) and EAGER not in args.exclude:
+        # Exact implementations' accuracies are judged against eager's on the same task.
+        impls.insert(0, registry.get(EAGER))
     if not impls:
         raise UserError("no implementation selected: check the suite's implementations section and --impl/--exclude")
 
@@ -128,7 +139,7 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,
         cases=cases, impls=impls, options=options, baseline=baseline, registry=registry, predict=predict_peak_bytes,
-        executor=executor,
+        executor=executor, tasks=tasks,
     )
     out = output_dir(args, suite.name)
     _check_writable(out)
@@ -166,8 +177,9 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         if not quiet:
             console.print(f"[yellow]plugin {escape(failure.name)} failed to load:[/] {escape('; '.join(failure.errors))}")
     if not quiet:
+        work = f"{len(spec.cases)} cases" + (f" + {len(spec.tasks)} quality tasks" if spec.tasks else "")
         console.print(f"[bold]{escape(spec.suite_name)}[/] on {spec.device} ({escape(spec.options.device_name or 'executor ' + spec.executor.kind)}): "
-                      f"{len(spec.cases)} cases x {len(spec.impls)} implementations -> {escape(str(out))}")
+                      f"{work} x {len(spec.impls)} implementations -> {escape(str(out))}")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet, transient=False)
     task = progress.add_task("planning", total=None)

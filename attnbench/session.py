@@ -1,4 +1,4 @@
-"""One ``attnbench run``: its directory, journal, resume, executor, and the results file.
+"""One ``attnbench run``: its directory, journal, resume, executor, quality tasks, and the results file.
 
 Records reach the journal as they are measured, wherever the executor measured
 them; ``results.json`` is written atomically at the end, and also when the run
@@ -24,6 +24,8 @@ from attnbench.executors import ExecutorConfig, open_executor
 from attnbench.hardware import fingerprint, hardware_label
 from attnbench.implementation import Implementation
 from attnbench.plugins import Registry
+from attnbench.quality.config import TaskConfig
+from attnbench.quality.runner import plan_tasks, record_case, run_tasks
 from attnbench.results import RESCHEDULE, Journal, Record, pair_key, write_results
 from attnbench.runner import Pair, RunOptions, plan
 
@@ -51,6 +53,8 @@ class RunSpec:
     predict: Callable[[Case, Implementation], int] | None = None
     extra_run_info: dict = field(default_factory=dict)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    """Quality tasks, trained on this machine after the cases (attnbench.quality.runner)."""
 
 
 def new_run_id(suite_name: str) -> str:
@@ -82,6 +86,9 @@ def run(spec: RunSpec, out_dir: Path, *, resume: bool = False,
     todo, settled = plan(spec.cases, spec.impls, spec.options, spec.predict)
     todo = [p for p in todo if pair_key(p.impl.name, p.case.to_dict()) not in done]
     settled = [r for r in settled if r.key not in done]
+    task_todo, task_settled = plan_tasks(spec.tasks, spec.impls, spec.options)
+    task_todo = [p for p in task_todo if pair_key(p.impl.name, record_case(p.case)) not in done]
+    settled += [r for r in task_settled if r.key not in done]
 
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     print_ = fingerprint()
@@ -105,7 +112,7 @@ def run(spec: RunSpec, out_dir: Path, *, resume: bool = False,
     records = list(previous)
     journal = Journal(journal_path)
     if on_plan is not None:
-        on_plan(len(todo) + len(settled))
+        on_plan(len(todo) + len(settled) + len(task_todo))
     interrupted = False
     stop = _StopSignals()
     previous_handlers = {signum: signal.signal(signum, stop.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -124,6 +131,9 @@ def run(spec: RunSpec, out_dir: Path, *, resume: bool = False,
             with open_executor(spec.executor, spec.options, device=spec.device, run_dir=out_dir) as executor:
                 for record in executor.submit(todo, on_start=on_start):
                     keep(record)
+        if task_todo:
+            for record in run_tasks(task_todo, spec.options, previous=previous, on_start=on_start):
+                keep(record)
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
     finally:
@@ -169,7 +179,8 @@ class _StopSignals:
 
 def _in_plan_order(records: list[Record], spec: RunSpec) -> list[Record]:
     """Records ordered by case, then implementation, as the suite lists them."""
-    case_index = {json.dumps(c.to_dict(), sort_keys=True): i for i, c in enumerate(spec.cases)}
+    cases = [c.to_dict() for c in spec.cases] + [record_case(t) for t in spec.tasks]
+    case_index = {json.dumps(c, sort_keys=True): i for i, c in enumerate(cases)}
     impl_index = {impl.name: i for i, impl in enumerate(spec.impls)}
 
     def position(r: Record) -> tuple:

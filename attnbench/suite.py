@@ -9,10 +9,12 @@ Cases come from the product of the ``matrix`` axes over ``defaults``, plus
 ``include_cases``. A ``cpu:`` or ``cuda:`` section overrides the suite for that
 device, so one file serves a laptop and an H100. Both sections are expanded at
 load time, so a mistake in the cuda section shows up on a CPU-only machine.
+``tasks`` declares quality tasks (``attnbench.quality``), besides or instead of cases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import hashlib
@@ -31,6 +33,8 @@ import yaml
 from attnbench.case import DTYPES, PASSES, Case, dtype_name
 from attnbench.implementation import DEVICES, NAME_PATTERN
 from attnbench.masks import MASKS
+from attnbench.quality.config import MIN_STEPS, PRESETS, TaskConfig, preset
+from attnbench.quality.tasks import TASKS
 
 MAX_CASES = 10_000
 """Most cases one device may expand to; more is almost surely a typo in an axis."""
@@ -101,6 +105,15 @@ class MemoryBudget:
             return self.nbytes
         assert self.fraction is not None
         return int(self.fraction * free_bytes)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a fleet run asks its cluster for (the suite's ``hardware`` section); None: not set."""
+
+    gpu_type: str | None = None
+    gpus_per_job: int | None = None
+    partition: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,10 +218,13 @@ CORRECTNESS_KEYS: dict[str, Key] = {
 }
 
 TIMING_KEYS: dict[str, Key] = {
-    "warmup": Key("integer", Timing.warmup, "Untimed calls before timing starts.", minimum=0),
-    "min_time_s": Key("number", Timing.min_time_s, "CPU: each timed repeat loops the call until it lasts at "
-                      "least this long (calibrated once).", minimum=0, exclusive=True),
-    "repeats": Key("integer", Timing.repeats, "CPU: timed repeats in each worker process.", minimum=1),
+    "warmup": Key("integer", Timing.warmup, "Untimed calls before timing starts (on CPU, a checked call of "
+                  "0.25 s or more already was one).", minimum=0),
+    "min_time_s": Key("number", Timing.min_time_s, "CPU: each worker process takes timed samples until they add "
+                      "up to at least this long (a sample loops a fast call to about 20 ms, calibrated once).",
+                      minimum=0, exclusive=True),
+    "repeats": Key("integer", Timing.repeats, "CPU: at least this many timed samples in each worker process "
+                   "(a call slower than min_time_s gets exactly this many).", minimum=1),
     "processes": Key("integer", Timing.processes, "CPU: worker processes, so one process's luck (allocator, "
                      "frequency) does not decide the result.", minimum=2),
     "cuda_repeats": Key("integer", Timing.cuda_repeats, "CUDA: timed calls, each between CUDA events.",
@@ -217,6 +233,33 @@ TIMING_KEYS: dict[str, Key] = {
                     "inputs are read from memory as in a real model."),
     "cuda_graph": Key("boolean", Timing.cuda_graph, "CUDA: capture the call in a CUDA graph, removing "
                       "launch overhead from short calls."),
+}
+
+TASK_KEYS: dict[str, Key] = {
+    "names": Key("task name or list of names", tuple(TASKS), "Synthetic tasks to train on (see Methodology).",
+                 allowed=", ".join(TASKS)),
+    "size": Key("string", None, "Preset of sequence length, model, batch and steps of each task: tiny (tests), "
+                "cpu (a 2-core CPU), cuda (a GPU).", choices=tuple(PRESETS), default_text="the device's"),
+    "seeds": Key("integer", 3, "Training runs per task and implementation, seeds 0, 1, ... (plus --seed), each "
+                 "with other weights and data: their mean and spread are reported.", minimum=3),
+    "steps": Key("integer", None, "Training steps, replacing the preset's.", minimum=MIN_STEPS,
+                 default_text="the preset's"),
+    "eval_size": Key("integer", None, "Held-out examples each trained model is scored on, replacing the preset's.",
+                     minimum=1, default_text="the preset's"),
+    "threads": Key("integer", 1, "Torch CPU threads of each training run; null leaves torch's default (one per "
+                   "core). The models are small: on a small or shared machine a second thread mostly waits.",
+                   minimum=1, nullable=True),
+}
+
+HARDWARE_KEYS: dict[str, Key] = {
+    "gpu_type": Key("string", None, "The GPUs a fleet run asks for, as the cluster names them: on Ray the "
+                    "accelerator type (nodes advertising accelerator_type:TYPE, e.g. H100), on Slurm the node "
+                    "feature given as --constraint (e.g. h100). --ray-accelerator-type and --slurm-constraint "
+                    "replace it.", allowed="letters, digits, '.', '_' and '-'"),
+    "gpus_per_job": Key("integer", None, "Slurm: GPUs per job, each measuring one case at a time. --slurm-gres "
+                        "replaces it. (A Ray task takes one GPU.)", minimum=1, default_text="1 on CUDA"),
+    "partition": Key("string", None, "Slurm: the partition jobs are submitted to. --slurm-partition replaces it.",
+                     allowed="letters, digits, '.', '_' and '-'", default_text="the cluster's default"),
 }
 
 TOP_KEYS: dict[str, Key] = {
@@ -242,10 +285,14 @@ TOP_KEYS: dict[str, Key] = {
                      "stopped and recorded as a timeout.", minimum=0, exclusive=True),
     "memory_budget": Key("number or size", 0.8, "Device memory one case may use.",
                          allowed="a fraction in (0, 1] of free memory, or a size such as '8GiB'"),
+    "tasks": Key("mapping", None, "Quality tasks: a small transformer trained with each implementation as its "
+                 "attention (see tasks).", allowed=", ".join(TASK_KEYS), default_text="none"),
     "cpu": Key("mapping", None, "Overrides on CPU (see cpu / cuda).", allowed="device section keys",
                default_text="none"),
     "cuda": Key("mapping", None, "Overrides on CUDA GPUs (see cpu / cuda).", allowed="device section keys",
                 default_text="none"),
+    "hardware": Key("mapping", None, "What a fleet run (--executor slurm or ray) asks its cluster for (see "
+                    "hardware).", allowed=", ".join(HARDWARE_KEYS), default_text="none"),
 }
 
 SECTION_KEYS: dict[str, Key] = {
@@ -267,6 +314,8 @@ SECTION_KEYS: dict[str, Key] = {
                      default_text="suite's"),
     "memory_budget": Key("number or size", None, "Replaces the suite's memory_budget.",
                          allowed=TOP_KEYS["memory_budget"].allowed, default_text="suite's"),
+    "tasks": Key("mapping", None, "Keys given here replace the suite's; tasks here alone declare tasks on this "
+                 "device only.", allowed=", ".join(TASK_KEYS), default_text="suite's"),
 }
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -275,7 +324,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "axes": AXES,
     "correctness": CORRECTNESS_KEYS,
     "timing": TIMING_KEYS,
+    "tasks": TASK_KEYS,
     "cpu / cuda": SECTION_KEYS,
+    "hardware": HARDWARE_KEYS,
 }
 """Every key a suite may hold, by the mapping it sits in. Axes are the keys of
 ``matrix``, ``defaults`` and each ``include_cases`` entry."""
@@ -292,7 +343,18 @@ _NOTES: dict[str, str] = {
     ),
     "correctness": "An output passes when error <= tolerance_factor x eager's error in the same dtype + floor.",
     "timing": "Keys marked CPU apply to CPU runs and keys marked CUDA to GPU runs; warmup applies to both.",
+    "tasks": (
+        "Quality tasks train a small transformer with each implementation as its attention, once per seed, and "
+        "score it on held-out data: one record per task and implementation (see Results). A suite may declare "
+        "tasks and no cases. Implementations without backward are unsupported; an exact implementation whose "
+        "accuracy disagrees with eager's is incorrect. timeout_s applies to each seed's training run."
+    ),
     "cpu / cuda": "A device section overrides the suite on that device. Both are validated whatever the machine.",
+    "hardware": (
+        "Read by the fleet executors only (`--executor slurm`, `--executor ray`, see "
+        "[executors](executors.md)); a local run measures on the machine it has. A flag given on the command "
+        "line replaces the key it names. A gpu_type or gpus_per_job makes `--device auto` mean cuda."
+    ),
 }
 
 
@@ -500,6 +562,21 @@ class _Checker:
                                  f"{_show(item)}")
         return tuple(item for item, _ in items)
 
+    def task_names(self, parent: _Map, k: str, field: str) -> tuple[str, ...]:
+        """A task name or a non-empty list of them, duplicates dropped."""
+        value = parent[k]
+        items = [(value, parent.lines[k])] if isinstance(value, str) else None
+        if isinstance(value, _Seq) and value:
+            items = list(zip(value, value.lines))
+        if items is None:
+            raise self.error(parent.lines[k], field, f"{field} must be a task name or a non-empty list of them "
+                             f"({', '.join(TASKS)}), got {_show(value)}")
+        for item, line in items:
+            if item not in TASKS:
+                raise self.error(line, field, f"{field}: {_show(item)} is not one of {', '.join(TASKS)}"
+                                 + (_suggest(item, TASKS) if isinstance(item, str) else ""))
+        return tuple(dict.fromkeys(item for item, _ in items))
+
     def memory_budget(self, value: Any, field: str, line: int) -> MemoryBudget:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if 0 < value <= 1:
@@ -574,6 +651,8 @@ class _Part:
     correctness: dict[str, Any]
     floors: dict[str, float]
     timing: dict[str, Any]
+    tasks: dict[str, tuple[Any, int]] | None = None
+    """Task keys given here, each with its line."""
 
 
 def _parse_axes(check: _Checker, m: _Map, where: str, lists: bool) -> dict[str, _Axis]:
@@ -651,6 +730,13 @@ def _parse_part(check: _Checker, m: _Map, prefix: str, allowed: Mapping[str, Key
                     part.floors = check.floors(check.mapping(sub, k, field), field)
                 else:
                     target[k] = check.scalar(v, keys[k], field, sub.lines[k])
+    if "tasks" in m:
+        where = prefix + "tasks"
+        sub = check.mapping(m, "tasks", where)
+        check.keys(sub, TASK_KEYS, where)
+        part.tasks = {k: (check.task_names(sub, k, f"{where}.{k}") if k == "names" else
+                          check.scalar(v, TASK_KEYS[k], f"{where}.{k}", sub.lines[k]), sub.lines[k])
+                      for k, v in sub.items()}
     return part
 
 
@@ -750,6 +836,8 @@ class Suite:
     memory_budget: MemoryBudget
     _settings: dict[str, Settings] = field(repr=False, compare=False)
     _cases: dict[str, tuple[Case, ...]] = field(repr=False, compare=False)
+    _tasks: dict[str, tuple[TaskConfig, ...]] = field(default_factory=dict, repr=False, compare=False)
+    hardware: Hardware = field(default_factory=Hardware)
 
     def settings(self, device: str) -> Settings:
         """Effective settings on ``device`` ('cpu' or 'cuda'), its section applied."""
@@ -758,6 +846,10 @@ class Suite:
     def cases(self, device: str) -> list[Case]:
         """The cases to run on ``device`` ('cpu' or 'cuda'), in order, without duplicates."""
         return list(self._cases[_device(device)])
+
+    def tasks(self, device: str) -> list[TaskConfig]:
+        """The quality tasks to train on ``device``, one config each; empty when the suite declares none there."""
+        return list(self._tasks.get(_device(device), ()))
 
 
 def _device(device: str) -> str:
@@ -784,20 +876,35 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
                           "with a letter or digit")
     description = check.scalar(doc["description"], TOP_KEYS["description"], "description",
                                doc.lines["description"]) if "description" in doc else ""
+    hardware = _hardware(check, check.mapping(doc, "hardware", "hardware")) if "hardware" in doc else Hardware()
     sections = {}
     for device in DEVICES:
         if device in doc:
             sections[device] = _parse_part(check, check.mapping(doc, device, device), device + ".", SECTION_KEYS,
                                            doc.lines[device])
     settings = {d: _settings(d, [top, *([sections[d]] if d in sections else [])]) for d in DEVICES}
-    cases = {d: tuple(_cases(check, top, sections.get(d), d)) for d in DEVICES}
+    tasks = {d: _tasks(check, top, sections.get(d), d) for d in DEVICES}
+    cases = {d: tuple(_cases(check, top, sections.get(d), d, bool(tasks[d]))) for d in DEVICES}
     base = _settings("", [top])
     return Suite(
         name=name, description=description, path=Path(path), file_hash=hashlib.sha256(data).hexdigest(),
         include=base.include, exclude=base.exclude, baseline=base.baseline, correctness=base.correctness,
         timing=base.timing, timeout_s=base.timeout_s, memory_budget=base.memory_budget,
-        _settings=settings, _cases=cases,
+        _settings=settings, _cases=cases, _tasks=tasks, hardware=hardware,
     )
+
+
+def _hardware(check: _Checker, m: _Map) -> Hardware:
+    """The ``hardware`` section: names a cluster can take as they are, a positive GPU count."""
+    check.keys(m, HARDWARE_KEYS, "hardware")
+    values = {}
+    for k, v in m.items():
+        field, key = f"hardware.{k}", HARDWARE_KEYS[k]
+        values[k] = check.scalar(v, key, field, m.lines[k])
+        if key.type == "string" and not _NAME.match(values[k]):
+            raise check.error(m.lines[k], field, f"{field} {values[k]!r} must be {key.allowed}, starting with a "
+                              "letter or digit")
+    return Hardware(**values)
 
 
 def _settings(device: str, parts: list[_Part]) -> Settings:
@@ -816,14 +923,16 @@ def _settings(device: str, parts: list[_Part]) -> Settings:
                     **options)
 
 
-def _cases(check: _Checker, top: _Part, section: _Part | None, device: str) -> dict[Case, None]:
-    """The device's cases, deduplicated in order (a dict used as an ordered set)."""
+def _cases(check: _Checker, top: _Part, section: _Part | None, device: str, has_tasks: bool) -> dict[Case, None]:
+    """The device's cases, deduplicated in order (a dict used as an ordered set); none is fine beside tasks."""
     parts = [top] if section is None else [top, section]
     matrices = [p for p in parts if p.matrix is not None]
     include_cases = next((p.include_cases for p in reversed(parts) if p.include_cases is not None), None)
     if not matrices and not include_cases:
+        if has_tasks:
+            return {}
         raise check.error(parts[-1].line, "matrix", f"the suite defines no cases on {device}: add a matrix or "
-                          "include_cases")
+                          "include_cases, or declare tasks")
     cases: dict[Case, None] = {}
     if matrices:
         layers = [_BUILTIN]
@@ -835,3 +944,24 @@ def _cases(check: _Checker, top: _Part, section: _Part | None, device: str) -> d
         fields = _resolve([_BUILTIN, *(p.defaults for p in parts), axes])
         cases |= dict.fromkeys(_expand(check, fields, device, where, line))
     return cases
+
+
+def _tasks(check: _Checker, top: _Part, section: _Part | None, device: str) -> tuple[TaskConfig, ...]:
+    """The device's task configs: each task's preset, then the suite's task keys, then the device section's."""
+    parts = [p for p in (top, section) if p is not None and p.tasks is not None]
+    if not parts:
+        return ()
+    values = {k: value for p in parts for k, (value, _) in p.tasks.items()}
+    configs = []
+    for name in values.get("names", TASK_KEYS["names"].default):
+        changes = {k: values[k] for k in ("steps", "eval_size") if k in values}
+        changes["seeds"] = tuple(range(values.get("seeds", TASK_KEYS["seeds"].default)))
+        changes["threads"] = values.get("threads", TASK_KEYS["threads"].default)
+        try:
+            configs.append(dataclasses.replace(preset(name, device, values.get("size")), **changes))
+        except ValueError as exc:
+            # A preset and an override that do not fit together: blame the most specific tasks mapping.
+            where = parts[-1].prefix + "tasks"
+            line = min(line for _, line in parts[-1].tasks.values())
+            raise check.error(line, where, f"{where}: task {name} on {device}: {exc}") from None
+    return tuple(configs)

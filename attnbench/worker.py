@@ -326,12 +326,16 @@ def serve(registry_impls: dict[str, Implementation], requests, replies) -> None:
     for line in requests:
         if not line.strip():
             continue
-        req = Request.from_json(json.loads(line))
-        impl = registry_impls.get(req.impl)
+        data = json.loads(line)
+        impl = registry_impls.get(data["impl"])
         if impl is None:
-            reply = {"status": "error", "reason": f"implementation {req.impl!r} did not load in the worker", "metrics": {}, "samples_ms": [], "fatal": False}
+            reply = {"status": "error", "reason": f"implementation {data['impl']!r} did not load in the worker", "metrics": {}, "samples_ms": [], "fatal": False}
+        elif "task" in data:  # a quality task's training run, not a kernel case
+            from attnbench.quality.work import serve_task
+
+            reply = serve_task(impl, data)
         else:
-            reply = measure(impl, req)
+            reply = measure(impl, Request.from_json(data))
         reply["pid"] = os.getpid()
         replies.write(json.dumps(reply) + "\n")
         replies.flush()

@@ -21,30 +21,12 @@ import time
 
 import torch
 
-from attnbench import Case, Implementation, Unsupported
-from attnbench.measure.correctness import error_metrics, make_inputs, math_attention
+from attnbench import Implementation, Unsupported
 from attnbench.plugins import load_registry
 from attnbench.quality import TASKS, agrees_with, preset, run_task, summarize, task_case
+from attnbench.quality.work import kernel_error
 
 EXACT_IMPLS = ("eager", "sdpa", "chunked")
-
-
-def kernel_error(impl: Implementation, case: Case) -> float | None:
-    """Relative-L2 error of one forward call against float64 attention; None when the implementation declines."""
-    if impl.declines(case):
-        return None
-    try:
-        attend = impl.build(case)
-    except Unsupported:
-        return None
-    inputs = make_inputs(case, seed=0)
-    q, k, v = inputs.q, inputs.k, inputs.v
-    with torch.no_grad():
-        if impl.layout == "bshd":
-            out = attend(*(t.transpose(1, 2).contiguous() for t in (q, k, v))).transpose(1, 2)
-        else:
-            out = attend(q, k, v)
-    return error_metrics(out, math_attention(q, k, v, case, dtype=torch.float64))["rel_err"]
 
 
 def chosen_impls(registry, patterns: str | None) -> list[Implementation]:

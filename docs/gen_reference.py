@@ -53,6 +53,30 @@ The command line narrows a suite without editing it: `--impl PATTERN` replaces
 matching cases, and `--timeout`, `--memory-budget`, `--processes`, `--warm-l2` and
 `--cuda-graph` override the settings below. The baseline is measured even when the
 selection leaves it out (unless `--exclude` names it), since every speedup needs it.
+
+## Quality tasks
+
+A `tasks` mapping trains a small transformer with each implementation as its attention on
+synthetic long-range tasks (ListOps, associative recall, and `compare`, a binary comparison
+of two distant digits), once per seed, and scores it on held-out data: accuracy, precision,
+recall, F1, ROC-AUC, time per training step and peak memory, with their spread over the seeds
+(see [Methodology](methodology.md#task-level-quality) and [the task records](results.md#task-records)).
+A suite may declare tasks besides its cases or instead of them, as `suites/quality.yaml` does:
+
+```yaml
+tasks:
+  names: [listops, recall, compare]
+  seeds: 3
+cpu:
+  tasks: {size: cpu}      # about 2 minutes per implementation and task on a 2-core CPU
+cuda:
+  tasks: {size: cuda}     # longer sequences, a bigger model, more steps
+```
+
+Tasks train on the machine that runs `attnbench run` (`--executor local`), after the
+cases, one worker process at a time; `--where` narrows cases, not tasks. Eager is trained
+even when the selection leaves it out (unless `--exclude` names it): exact implementations
+are judged against it.
 """
 
 

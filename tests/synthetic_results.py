@@ -14,7 +14,8 @@ def case(seq: int = 128, dtype: str = "float32", mask: str = "none", pass_: str 
 
 def record(impl: str, case_: dict, ms: float | None = 1.0, status: str = "ok", *, noise: float = 0.0,
            peak: int | None = 1000, rel_err: float | None = 1e-6, exact: bool = True, ranked: bool = True,
-           reason: str = "", plugin: str = "", version: str = "1.0", process_medians: list[float] | None = None) -> Record:
+           reason: str = "", plugin: str = "", version: str = "1.0", process_medians: list[float] | None = None,
+           hardware: str = "Synthetic CPU") -> Record:
     """A record; ``ms`` None (or a status that is not measured) leaves the timing out. ``noise`` is IQR/median."""
     metrics: dict = {}
     if ms is not None and status in ("ok", "incorrect"):
@@ -29,7 +30,7 @@ def record(impl: str, case_: dict, ms: float | None = 1.0, status: str = "ok", *
     if status not in ("ok",) and not reason:
         reason = f"synthetic {status}"
     return Record(impl=impl, case=case_, status=status, reason=reason, plugin=plugin or f"plugin.{impl}",
-                  version=version, exact=exact, ranked=ranked, metrics=metrics, hardware="Synthetic CPU")
+                  version=version, exact=exact, ranked=ranked, metrics=metrics, hardware=hardware)
 
 
 def run_info(run_id: str = "run-a", hardware: str = "Synthetic CPU (2 threads)", baseline: str = "base",
@@ -51,3 +52,34 @@ def write_run(directory: Path, records: list[Record], **info) -> Path:
     path = directory / "results.json"
     write_results(path, run_info(run_id=info.pop("run_id", directory.name), **info), records)
     return path
+
+
+def task_case(task: str = "compare", steps: int = 300) -> dict:
+    """A quality task's record case (TaskConfig without its seeds)."""
+    return {"task": task, "seq_len": 128, "vocab": 64, "d_model": 64, "heads": 4, "layers": 2, "batch": 32,
+            "steps": steps, "eval_size": 1024, "lr": 0.003, "device": "cpu", "threads": 1}
+
+
+def task_record(impl: str, accuracies: list[float] | None, step_ms: float = 10.0, status: str = "ok", *,
+                case_: dict | None = None, exact: bool = True, agrees: bool | None = True, reason: str = "",
+                chance: float = 0.5, hardware: str = "Synthetic CPU") -> Record:
+    """A task record as attnbench.quality.runner writes it; ``accuracies`` None: no seed trained to the end."""
+    metrics: dict = {"seeds": [0, 1, 2], "per_seed": []}
+    if accuracies is not None:
+        per_seed = [{"seed": s, "accuracy": a, "precision": a, "recall": a, "f1": a, "roc_auc": a,
+                     "chance_accuracy": chance, "step_ms_median": step_ms, "peak_bytes": 2**20}
+                    for s, a in enumerate(accuracies)]
+        metrics["per_seed"] = per_seed
+        for name in per_seed[0]:
+            if name != "seed":
+                values = [entry[name] for entry in per_seed]
+                mean = sum(values) / len(values)
+                std = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+                metrics |= {f"{name}_mean": mean, f"{name}_std": std, f"{name}_min": min(values),
+                            f"{name}_max": max(values)}
+        metrics |= {"kernel_rel_err": 1e-7 if exact else 0.3, "agrees_with_eager": None if impl == "eager" else agrees,
+                    "agreement": "synthetic rule"}
+    if status != "ok" and not reason:
+        reason = f"synthetic {status}"
+    return Record(impl=impl, case=case_ or task_case(), status=status, reason=reason, plugin=f"plugin.{impl}",
+                  version="1.0", exact=exact, metrics=metrics, hardware=hardware)

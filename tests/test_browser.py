@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from synthetic_results import case, record, write_run
+from synthetic_results import case, record, task_record, write_run
 
 from attnbench.report.html import PAGE_NAME
 
@@ -196,3 +196,34 @@ def test_filters_keep_only_matching_rows(opened):
     WebDriverWait(driver, 10).until(lambda _: count.text != f"{total} of {total} records")
     rows = visible_rows(driver)
     assert rows and all(r[6] == "sdpa.flash" for r in rows)
+
+
+def test_quality_chart_renders(browser, tmp_path):
+    """A quality section (exact, approximate, incorrect and unsupported records): its chart draws, quietly."""
+    from selenium.webdriver.common.by import By
+
+    records = [task_record("eager", [0.90, 0.92, 0.94], step_ms=20.0), task_record("sdpa", [0.90, 0.92, 0.94], 10.0),
+               task_record("broken", [0.50, 0.52, 0.51], 5.0, status="incorrect", agrees=False),
+               task_record("linear", [0.80, 0.83, 0.86], 4.0, exact=False, agrees=False),
+               task_record("int8", None, status="unsupported", exact=False, reason="backward not supported")]
+    path = write_run(tmp_path / "quality", records)
+    done = subprocess.run([sys.executable, "-m", "attnbench", "report", str(path), "-o", str(tmp_path / "page")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    browser.get_log("performance")
+    browser.get((tmp_path / "page" / PAGE_NAME).as_uri())
+    [chart] = browser.find_elements(By.CSS_SELECTOR, "#quality svg.chart")
+    assert chart.is_displayed() and chart.size["width"] > 100 and chart.size["height"] > 100
+    rows = browser.find_elements(By.CSS_SELECTOR, "#quality table.quality tbody tr")
+    assert [r.find_element(By.CSS_SELECTOR, "td.impl").text for r in rows] == ["eager", "sdpa", "linear", "broken", "int8"]
+    # Every plotted point carries its tooltip; the front's staircase and rings have a size on screen.
+    tips = browser.execute_script("""
+        return Array.from(document.querySelectorAll('#quality svg.chart title')).map(t => t.textContent);""")
+    assert sum(tip.startswith(("eager (", "sdpa (", "broken (", "linear (")) for tip in tips) == 4
+    front = browser.find_element(By.CSS_SELECTOR, "#quality svg.chart polyline.front")
+    assert front.size["width"] > 10
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#quality svg.chart circle.ring")) == 3  # sdpa, linear, legend
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("document.getElementById('quality').scrollIntoView()")
+    assert browser.save_screenshot(str(ARTIFACTS / "quality.png"))
+    assert_offline_and_quiet(browser)

@@ -127,6 +127,25 @@ def test_results_from_two_machines_merge_as_two_hardware_entries(tmp_path):
     assert len(re.findall(r'<section class="leaderboard"', html)) == 2
 
 
+def test_a_mixed_fleet_run_opens_as_one_entry_per_hardware_type(tmp_path):
+    a100, h100 = "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3"
+    # One run, as a fleet merges it: cases 0-1 measured on A100 nodes, 2-3 on H100 nodes, x twice as fast on H100s.
+    records = []
+    for i, c in enumerate(CASES):
+        gpu, x_ms = (a100, 0.5) if i < 2 else (h100, 0.25)
+        records += [record("base", c, 1.0, hardware=gpu), record("x", c, x_ms, hardware=gpu)]
+    records.append(record("x", case(1024), 0.5, hardware=""))  # names no hardware: the run's label stands in
+    path = write_run(tmp_path / "fleet", records, hardware=f"{a100} + {h100}", device="cuda")
+    groups = group_runs(load_runs([path]))
+    assert [(g.hardware, len(g.cases)) for g in groups] == [(a100, 2), (h100, 2), (f"{a100} + {h100}", 1)]
+    assert [by_name(leaderboard(g).exact)["x"].score for g in groups[:2]] == pytest.approx([2.0, 4.0])
+    html = render(load_runs([path]))
+    headings = re.findall(r"<h2>synthetic <span class=\"on\">on</span> ([^<]*)</h2>", html)
+    assert headings == [a100, h100, f"{a100} + {h100}"]
+    # The case table names each record's own hardware.
+    assert html.count(f"<tr><td>{a100}</td>") == 4 and html.count(f"<tr><td>{h100}</td>") == 4
+
+
 def test_report_command_writes_a_page_or_prints_tables(tmp_path, capsys):
     a, b = two_machines(tmp_path)
     assert main(["report", str(a), str(b.parent), "-o", str(tmp_path / "page")]) == 0

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import pickle
 import textwrap
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from attnbench.case import Case
-from attnbench.suite import SCHEMA, MemoryBudget, SuiteError, load_suite, schema_markdown
+from attnbench.quality import TASKS, preset
+from attnbench.suite import SCHEMA, TOP_KEYS, Hardware, MemoryBudget, SuiteError, load_suite, schema_markdown
 
 SUITES = sorted((Path(__file__).parent.parent / "suites").glob("*.yaml"))
 
@@ -38,7 +40,7 @@ def test_shipped_suite_loads_and_expands(path):
     assert suite.file_hash == hashlib.sha256(path.read_bytes()).hexdigest()
     for device in ("cpu", "cuda"):
         cases = suite.cases(device)
-        assert cases and all(c.device == device for c in cases)
+        assert (cases or suite.tasks(device)) and all(c.device == device for c in cases)
         assert len(set(cases)) == len(cases)
         assert suite.settings(device).device == device
 
@@ -221,6 +223,39 @@ def test_device_sections_override_the_suite(tmp_path):
     assert s_cuda.memory_budget.limit(10**12) == 8 * 2**30
 
 
+def test_quality_suite_trains_every_task_on_both_devices():
+    suite = load_suite(Path(__file__).parent.parent / "suites" / "quality.yaml")
+    for device in ("cpu", "cuda"):
+        assert [t.task for t in suite.tasks(device)] == list(TASKS)
+        assert all(t.device == device and len(t.seeds) >= 3 and t == dataclasses.replace(
+            preset(t.task, device), seeds=t.seeds, threads=t.threads) for t in suite.tasks(device))
+        settings = suite.settings(device)
+        assert all(settings.selects(name) for name in ("eager", "sdpa", "chunked", "performer.m64", "linformer.r64",
+                                                       "int8"))
+
+
+def test_tasks_with_device_sections(tmp_path):
+    suite = load_suite(write(tmp_path, """
+        name: t
+        tasks:
+          names: [recall, compare, recall]
+          steps: 50
+        cpu:
+          tasks: {size: tiny, seeds: 4}
+        cuda:
+          tasks: {names: listops, threads: null}
+    """))
+    assert suite.cases("cpu") == [] == suite.cases("cuda")
+    cpu, cuda = suite.tasks("cpu"), suite.tasks("cuda")
+    assert cpu == [dataclasses.replace(preset(task, "cpu", "tiny"), steps=50, seeds=(0, 1, 2, 3), threads=1)
+                   for task in ("recall", "compare")]
+    assert cuda == [dataclasses.replace(preset("listops", "cuda"), steps=50, threads=None)]
+    mixed = load_suite(write(tmp_path, "name: t\nmatrix: {seq: 8}\ntasks: {}\n", "mixed.yaml"))
+    assert len(mixed.cases("cpu")) == 1 and mixed.tasks("cpu") == [
+        dataclasses.replace(preset(task, "cpu"), threads=1) for task in TASKS]
+    assert load_suite(write(tmp_path, "name: t\nmatrix: {seq: 8}\n", "plain.yaml")).tasks("cuda") == []
+
+
 def test_settings_helpers(tmp_path):
     suite = load_suite(write(tmp_path, "name: t\nmatrix: {seq: 8}\nmemory_budget: 0.5\n"))
     settings = suite.settings("cpu")
@@ -256,6 +291,19 @@ def test_cases_returns_a_fresh_list(tmp_path):
     suite = load_suite(write(tmp_path, "name: t\nmatrix: {seq: 8}\n"))
     suite.cases("cpu").clear()
     assert len(suite.cases("cpu")) == 1
+
+
+def test_hardware_section(tmp_path):
+    suite = load_suite(write(tmp_path, """
+        name: t
+        matrix: {seq: 8}
+        hardware:
+          gpu_type: A100-80G
+          gpus_per_job: 4
+          partition: gpu_long
+    """))
+    assert suite.hardware == Hardware(gpu_type="A100-80G", gpus_per_job=4, partition="gpu_long")
+    assert load_suite(write(tmp_path, "name: t\nmatrix: {seq: 8}\n", "plain.yaml")).hardware == Hardware()
 
 
 # --- errors -------------------------------------------------------------------------
@@ -377,8 +425,7 @@ ERRORS = {
     "scalar top level": ("""
         # just words
         smoke
-    """, 2, "", "the top level must be a mapping of suite keys (name, description, implementations, baseline, "
-        "defaults, matrix, include_cases, correctness, timing, timeout_s, memory_budget, cpu, cuda), found string"),
+    """, 2, "", f"the top level must be a mapping of suite keys ({', '.join(TOP_KEYS)}), found string"),
     "empty file": ("", 1, "", "the file is empty"),
     "comments only": ("# nothing yet\n", 1, "", "the file is empty"),
     # Impossible shapes: the line is the matrix item (or include_cases entry) responsible.
@@ -440,6 +487,81 @@ ERRORS = {
         cpu:
           cuda: {}
     """, 4, "cpu.cuda", "unknown key 'cuda' in cpu"),
+    "unknown hardware key": ("""
+        name: t
+        matrix: {seq: 8}
+        hardware:
+          gpu_typ: H100
+    """, 4, "hardware.gpu_typ", "unknown key 'gpu_typ' in hardware (did you mean 'gpu_type'?); allowed: gpu_type, "
+                               "gpus_per_job, partition"),
+    "gpu type alternatives": ("""
+        name: t
+        matrix: {seq: 8}
+        hardware: {gpu_type: "h100|a100"}
+    """, 3, "hardware.gpu_type", "hardware.gpu_type 'h100|a100' must be letters, digits, '.', '_' and '-'"),
+    "no gpus per job": ("""
+        name: t
+        matrix: {seq: 8}
+        hardware:
+          partition: gpu
+          gpus_per_job: 0
+    """, 5, "hardware.gpus_per_job", "hardware.gpus_per_job must be an integer >= 1, got 0"),
+    "hardware not a mapping": ("""
+        name: t
+        matrix: {seq: 8}
+        hardware: H100
+    """, 3, "hardware", "hardware must be a mapping, got string 'H100'"),
+    "hardware in a device section": ("""
+        name: t
+        matrix: {seq: 8}
+        cuda:
+          hardware: {gpu_type: H100}
+    """, 4, "cuda.hardware", "unknown key 'hardware' in cuda"),
+    "unknown task key": ("""
+        name: t
+        tasks:
+          step: 10
+    """, 3, "tasks.step", "unknown key 'step' in tasks (did you mean 'steps'?); allowed: names, size, seeds"),
+    "unknown task": ("""
+        name: t
+        tasks:
+          names:
+            - listops
+            - recal
+    """, 5, "tasks.names", "tasks.names: string 'recal' is not one of listops, recall, compare (did you mean "
+                         "'recall'?)"),
+    "no task named": ("""
+        name: t
+        tasks: {names: []}
+    """, 2, "tasks.names", "tasks.names must be a task name or a non-empty list of them (listops, recall, "
+                         "compare), got a list"),
+    "too few seeds": ("""
+        name: t
+        tasks: {seeds: 2}
+    """, 2, "tasks.seeds", "tasks.seeds must be an integer >= 3, got 2"),
+    "too few steps": ("""
+        name: t
+        tasks: {steps: 2}
+    """, 2, "tasks.steps", "tasks.steps must be an integer >= 3, got 2"),
+    "no threads": ("""
+        name: t
+        tasks: {threads: 0}
+    """, 2, "tasks.threads", "tasks.threads must be an integer >= 1 or null, got 0"),
+    "unknown task size": ("""
+        name: t
+        tasks: {}
+        cuda:
+          tasks: {size: huge}
+    """, 4, "cuda.tasks.size", "cuda.tasks.size 'huge' is not one of tiny, cpu, cuda"),
+    "tasks not a mapping": ("""
+        name: t
+        tasks: [listops]
+    """, 2, "tasks", "tasks must be a mapping, got a list"),
+    "tasks on one device only": ("""
+        name: t
+        cpu:
+          tasks: {}
+    """, 1, "matrix", "the suite defines no cases on cuda: add a matrix or include_cases, or declare tasks"),
     "too many cases": ("""
         name: t
         matrix:

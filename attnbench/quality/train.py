@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import statistics
@@ -65,6 +66,11 @@ def run_task(impl: Implementation, config: TaskConfig, seed: int) -> dict:
     ``nonfinite_outputs`` (held-out rows whose probabilities were not finite,
     scored as a uniform guess).
     """
+    with _threads(config.threads):
+        return _train_and_score(impl, config, seed)
+
+
+def _train_and_score(impl: Implementation, config: TaskConfig, seed: int) -> dict:
     spec = TASKS[config.task]
     attend = build_attention(impl, task_case(config))
     torch.manual_seed(seed)
@@ -124,6 +130,18 @@ def run_task(impl: Implementation, config: TaskConfig, seed: int) -> dict:
         "skipped_steps": sum(not math.isfinite(loss) for loss in losses),
         "nonfinite_outputs": int(nonfinite.sum()),
     }
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """torch's CPU threads set to ``count`` (None: unchanged) for the block, then restored."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _predict(model: TaskModel, tokens: torch.Tensor, batch: int) -> np.ndarray:

@@ -276,3 +276,116 @@ def error_chart(entries: list[Entry], palette: Palette) -> Markup | None:
             series[e.record.impl].points.append(Point(0, err, _tip(e, f"rel err {err:.2e}", whole_case=True), e.record.status != "ok"))
     return strip_chart("Relative error vs float64", "relative L2 error",
                        list(series.values()), palette, lambda v: f"{v:.0e}")
+
+
+# --- the quality section's chart -----------------------------------------------
+
+QUALITY_SHAPES = {True: "circle", False: "diamond"}
+"""Marker of exact and of approximate implementations on the accuracy chart."""
+FRONT_RING = 3.5
+"""Extra radius of the ring around a point on the Pareto front."""
+ACCURACY_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5)
+
+
+@dataclass
+class QualityPoint:
+    """One implementation on a task: mean accuracy, its range over seeds, and time per training step."""
+
+    name: str
+    exact: bool
+    time_ms: float
+    accuracy: float
+    low: float
+    high: float
+    tip: str
+    hollow: bool = False
+    """Drawn as an outline: an exact implementation that disagrees with eager."""
+    front: bool = False
+
+
+class _LinearAxis:
+    """Maps values in [lo, hi] to pixels, flipped for a y axis."""
+
+    def __init__(self, lo: float, hi: float, pixels: float, flip: bool) -> None:
+        self.lo, self.hi, self.pixels, self.flip = lo, hi, pixels, flip
+
+    def __call__(self, v: float) -> float:
+        offset = (v - self.lo) / (self.hi - self.lo) * self.pixels
+        return self.pixels - offset if self.flip else offset
+
+
+def linear_ticks(lo: float, hi: float) -> list[float]:
+    """Round ticks (multiples of 0.01, 0.02, 0.05, ...) within [lo, hi], at most MAX_Y_TICKS of them."""
+    for step in ACCURACY_STEPS:
+        first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+        if last - first + 1 <= MAX_Y_TICKS:
+            return [round(k * step, 6) for k in range(first, last + 1)]
+    return [lo, hi]
+
+
+def accuracy_range(points: list[QualityPoint], chance: float | None) -> tuple[float, float]:
+    """The y range: every point's seed range and the chance line, padded so that none sits on the frame."""
+    lows = [p.low for p in points] + ([chance] if chance is not None else [])
+    lo, hi = min(lows), max(p.high for p in points)
+    pad = max(0.02, AXIS_PAD * (hi - lo))
+    return lo - pad, hi + pad
+
+
+def quality_chart(title: str, points: list[QualityPoint], palette: Palette, chance: float | None = None) -> Markup | None:
+    """Accuracy (mean, bar: min to max over seeds) against time per training step, log scale.
+
+    Circles are exact implementations, diamonds approximate ones; the Pareto
+    front is ringed and joined by a dashed staircase; a dotted line marks chance.
+    """
+    if not points:
+        return None
+    x_axis = _LogAxis([p.time_ms for p in points], PLOT_W, flip=False)
+    y_axis = _LinearAxis(*accuracy_range(points, chance), PLOT_H, flip=True)
+    names = sorted({p.name: p.exact for p in points}.items())
+    height = max(TOP + PLOT_H + BOTTOM, TOP + LEGEND_ROW * (len(names) + 3))
+    body = [f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>']
+    for t in (t for t in linear_ticks(y_axis.lo, y_axis.hi) if 0 <= t <= 1):
+        y = TOP + y_axis(t)
+        body.append(f'<line class="grid" x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{_num(y)}" y2="{_num(y)}"/>'
+                    f'<text class="tick" x="{LEFT - 6}" y="{_num(y + 4)}" text-anchor="end">{t:g}</text>')
+    for t in log_ticks(x_axis.lo, x_axis.hi):
+        x = LEFT + x_axis(t)
+        body.append(f'<text class="tick" x="{_num(x)}" y="{TOP + PLOT_H + 16}" text-anchor="middle">'
+                    f'{escape(format_time(t))}</text>')
+    body.append(f'<text class="axis" x="{LEFT + PLOT_W / 2}" y="{TOP + PLOT_H + BOTTOM - 6}" text-anchor="middle">'
+                'time per training step (median)</text>')
+    body.append(f'<text class="axis" transform="rotate(-90)" x="{-(TOP + PLOT_H / 2)}" y="14" text-anchor="middle">'
+                'held-out accuracy</text>')
+    if chance is not None:
+        y = TOP + y_axis(chance)
+        body.append(f'<line class="chance" x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{_num(y)}" y2="{_num(y)}">'
+                    f'<title>chance: always the most common label, {chance:.3f}</title></line>')
+    front = sorted((p for p in points if p.front), key=lambda p: p.time_ms)
+    if len(front) > 1:
+        corners = [(front[0].time_ms, front[0].accuracy)]
+        for p in front[1:]:
+            corners += [(p.time_ms, corners[-1][1]), (p.time_ms, p.accuracy)]
+        path = " ".join(f"{_num(LEFT + x_axis(x))},{_num(TOP + y_axis(y))}" for x, y in corners)
+        body.append(f'<polyline class="front" points="{path}"/>')
+    for p in points:
+        color = palette.color(p.name)
+        x, y = LEFT + x_axis(p.time_ms), TOP + y_axis(p.accuracy)
+        body.append(f'<line class="spread" x1="{_num(x)}" x2="{_num(x)}" y1="{_num(TOP + y_axis(p.low))}" '
+                    f'y2="{_num(TOP + y_axis(p.high))}" stroke="{color}"/>')
+        if p.front:
+            body.append(f'<circle class="ring" cx="{_num(x)}" cy="{_num(y)}" r="{POINT_R + FRONT_RING}"/>')
+        body.append(_marker(QUALITY_SHAPES[p.exact], x, y, color, p.hollow, p.tip))
+    legend_x = LEFT + PLOT_W + 16
+    for i, (name, exact) in enumerate(names):
+        y = TOP + LEGEND_ROW // 2 + LEGEND_ROW * i
+        body.append(_marker(QUALITY_SHAPES[exact], legend_x, y, palette.color(name), False, name))
+        body.append(f'<text class="legend" x="{_num(legend_x + 10)}" y="{_num(y + 4)}">'
+                    f'{escape(name)}{"" if exact else " (approx)"}</text>')
+    y = TOP + LEGEND_ROW // 2 + LEGEND_ROW * len(names)
+    body.append(f'<circle class="ring" cx="{_num(legend_x)}" cy="{_num(y)}" r="{POINT_R + FRONT_RING}"/>'
+                f'<text class="legend" x="{_num(legend_x + 10)}" y="{_num(y + 4)}">Pareto front</text>')
+    if chance is not None:
+        y += LEGEND_ROW
+        body.append(f'<line class="chance" x1="{_num(legend_x - 6)}" x2="{_num(legend_x + 6)}" y1="{_num(y)}" '
+                    f'y2="{_num(y)}"/><text class="legend" x="{_num(legend_x + 10)}" y="{_num(y + 4)}">chance</text>')
+    return _frame(LEFT + PLOT_W + LEGEND_W, height, title, body)

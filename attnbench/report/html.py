@@ -27,6 +27,7 @@ from markupsafe import Markup
 import attnbench
 from attnbench.report import charts
 from attnbench.report.board import INTERVAL_HEADING, Line, line
+from attnbench.report.quality import quality_views, task_boards, without_tasks
 from attnbench.report.rank import CONFIDENCE, REPLICATES, Leaderboard, leaderboard
 from attnbench.report.runs import Entry, Run, case_label, family_key, family_label, group_runs, load_runs
 from attnbench.report.terminal import format_bytes, format_time, noise, speedup
@@ -99,9 +100,12 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> 
 
 def render(runs: list[Run]) -> str:
     """The page's HTML."""
-    groups = group_runs(runs)
-    palette = charts.Palette(e.record.impl for g in groups for e in g.entries)
+    # Quality tasks have their own section; the leaderboards and the case table read the kernel records.
+    kernel = [without_tasks(run) for run in runs]
+    groups = group_runs([k for run, k in zip(runs, kernel) if k.records or not run.records])
+    palette = charts.Palette(r.impl for run in runs for r in run.records)
     anchors = {id(run): f"run-{i}" for i, run in enumerate(runs, 1)}
+    anchors |= {id(k): anchors[id(run)] for run, k in zip(runs, kernel)}
     boards = [_board_view(i, leaderboard(g), palette, anchors) for i, g in enumerate(groups, 1)]
     rows = [_case_row(e) for g in groups for e in g.entries]
     template = _environment().get_template("report.html")
@@ -110,6 +114,7 @@ def render(runs: list[Run]) -> str:
         version=attnbench.__version__,
         sources=[str(r.source) for r in runs],
         boards=boards,
+        quality=quality_views(task_boards(runs), palette, anchors),
         rows=rows,
         filters=[(column, label, _choices(rows, key)) for key, column, label in FILTERS],
         runs=[_run_view(r, anchors[id(r)]) for r in runs],
@@ -201,7 +206,7 @@ def _case_row(e: Entry) -> CaseRow:
     r, case = e.record, e.record.case
     seq = f"{case['seq_q']}" if case["seq_q"] == case["seq_kv"] else f"{case['seq_q']}×{case['seq_kv']}"
     return CaseRow(
-        hardware=e.run.hardware,
+        hardware=e.hardware,
         label=case_label(case),
         seq_sort=f"{case['seq_kv'] * 1e6 + case['seq_q']:.9g}",  # by keys, then queries
         seq=seq,

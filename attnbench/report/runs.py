@@ -1,11 +1,14 @@
 """Results files in, leaderboard groups out.
 
 A group is one suite measured on one piece of hardware against one baseline,
-possibly by several runs (dates, torch versions). A pair (implementation, case)
-measured by more than one run of a group counts once: the newest run's record
-wins (``run.started``) and the others are counted as superseded. Speedups are
-always taken against the baseline record of the *same* run, so runs with
-different torch versions never divide each other's timings.
+possibly by several runs (dates, torch versions). A run measured on a mixed
+fleet (records naming different hardware) adds to one group per kind of
+hardware, so each kind gets its own entry on the leaderboard. A pair
+(implementation, case) measured by more than one run of a group counts once:
+the newest run's record wins (``run.started``) and the others are counted as
+superseded. Speedups are always taken against the baseline record of the
+*same* run on the same hardware, so neither two torch versions nor two kinds
+of GPU divide each other's timings.
 
 Nothing here imports torch: the report commands must start fast.
 """
@@ -55,14 +58,31 @@ class Run:
     def torch(self) -> str:
         return str((self.info.get("environment") or {}).get("torch") or "?")
 
+    def by_hardware(self) -> dict[str, list[Record]]:
+        """The run's records by the hardware that measured them, in the order first seen.
+
+        A run whose records all name one piece of hardware (or none) keeps its
+        own label, which may say more (a CPU's thread count); a mixed fleet's
+        records go by their own, a record naming none by the run's.
+        """
+        named = {r.hardware for r in self.records if r.hardware}
+        if len(named) <= 1:
+            return {self.hardware: list(self.records)}
+        parts: dict[str, list[Record]] = {}
+        for record in self.records:
+            parts.setdefault(record.hardware or self.hardware, []).append(record)
+        return parts
+
 
 @dataclass
 class Entry:
-    """A record, the run it came from, and that run's baseline record for the same case (if any)."""
+    """A record, the run it came from, and that run's baseline record for the same case on the same hardware (if any)."""
 
     run: Run
     record: Record
     baseline: Record | None
+    hardware: str
+    """What measured the record: its group's hardware."""
 
 
 @dataclass
@@ -107,33 +127,47 @@ def case_key(case: dict[str, Any]) -> tuple:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Groups by (suite, hardware, baseline), in the order first seen; newest record per pair."""
-    grouped: dict[tuple[str, str, str], list[Run]] = {}
+    """Groups by (suite, hardware, baseline), in the order first seen; newest record per pair.
+
+    The hardware is each record's (``Run.by_hardware``), so one run may feed several groups.
+    """
+    grouped: dict[tuple[str, str, str], list[tuple[Run, list[Record]]]] = {}
     for run in runs:
-        grouped.setdefault((run.suite, run.hardware, run.baseline), []).append(run)
+        for hardware, records in run.by_hardware().items():
+            grouped.setdefault((run.suite, hardware, run.baseline), []).append((run, records))
     groups = []
     for (suite, hardware, baseline), members in grouped.items():
         newest: dict[tuple, Entry] = {}
         superseded = 0
         cases: dict[tuple, dict] = {}
         # Stable sort: among runs with the same start time the later argument wins.
-        for run in sorted(members, key=lambda r: r.started):
-            keys = [case_key(r.case) for r in run.records]
-            baselines = {key: r for key, r in zip(keys, run.records) if r.impl == baseline}
-            for key, record in zip(keys, run.records):
+        for run, records in sorted(members, key=lambda m: m[0].started):
+            keys = [case_key(r.case) for r in records]
+            baselines = {key: r for key, r in zip(keys, records) if r.impl == baseline}
+            for key, record in zip(keys, records):
                 superseded += (record.impl, key) in newest
-                newest[record.impl, key] = Entry(run, record, baselines.get(key))
+                newest[record.impl, key] = Entry(run, record, baselines.get(key), hardware)
                 cases.setdefault(key, record.case)
-        groups.append(Group(suite, hardware, baseline, members, list(newest.values()), superseded, list(cases.values())))
+        groups.append(Group(suite, hardware, baseline, [run for run, _ in members], list(newest.values()), superseded,
+                            list(cases.values())))
     return groups
 
 
 def case_label(case: dict[str, Any]) -> str:
     """Short label, e.g. ``B2 H8/2 N512x1024 D64 bfloat16 causal fwd``.
 
-    Mirrors ``Case.label`` without building a Case, which would import torch.
+    Mirrors ``Case.label`` without building a Case, which would import torch. A quality task's
+    case (it has a ``task``) gets ``task_label``.
     """
+    if "task" in case:
+        return task_label(case)
     return f"{_heads(case)} N{_seq(case)} D{case['head_dim']} {_tail(case)}"
+
+
+def task_label(case: dict[str, Any]) -> str:
+    """A quality task's short label, e.g. ``listops N128 d64 H4 L2 B32 400 steps`` (``TaskConfig.label``)."""
+    return (f"{case['task']} N{case['seq_len']} d{case['d_model']} H{case['heads']} L{case['layers']} B{case['batch']} "
+            f"{case['steps']} steps")
 
 
 def family_label(case: dict[str, Any]) -> str:

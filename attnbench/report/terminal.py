@@ -91,12 +91,15 @@ def case_table(label: str, records: list[Record], baseline_name: str | None) -> 
 
 
 def print_run(console: Console, records: Iterable[Record], baseline_name: str | None) -> None:
-    """Print a table per case (in the order cases first appear) and the noise note."""
-    groups: dict[str, list[Record]] = {}
+    """Print a table per case (in the order cases first appear), the noise note, and the quality tasks' tables."""
     from attnbench.case import Case
+    from attnbench.report.quality import is_task, print_task_records
 
+    records = list(records)
+    groups: dict[str, list[Record]] = {}
     for r in records:
-        groups.setdefault(Case.from_dict(r.case).label(), []).append(r)
+        if not is_task(r):
+            groups.setdefault(Case.from_dict(r.case).label(), []).append(r)
     for label, recs in groups.items():
         console.print(case_table(label, recs, baseline_name))
     spreads = sorted(r.metrics["process_spread"] for rs in groups.values() for r in rs if "process_spread" in r.metrics)
@@ -106,3 +109,4 @@ def print_run(console: Console, records: Iterable[Record], baseline_name: str | 
             f"[dim]Worker processes differed by {100 * median_spread:.0f}% (median over pairs) on this machine; "
             "speedups inside the noise are shown as ≈ and are not differences.[/]"
         )
+    print_task_records(console, records)
