@@ -101,12 +101,11 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
             raise UserError(f"implementation pattern {pattern!r} matches nothing; installed: {', '.join(registry.implementations)}")
     impls = registry.select(include=include, exclude=exclude)
     baseline = settings.baseline
-    if baseline in registry.implementations and all(i.name != baseline for i in impls) and baseline not in args.exclude:
-        # Speedups need their baseline measured in the same run.
-        impls.insert(0, registry.get(baseline))
-    if tasks and EAGER in registry.implementations and all(i.name != EAGER for i in impls) and EAGER not in args.exclude:
-        # Exact implementations' accuracies are judged against eager's on the same task.
-        impls.insert(0, registry.get(EAGER))
+    # Speedups need their baseline measured in the same run; on quality tasks, exact implementations'
+    # accuracies are judged against eager's. Either is added unless --exclude names it.
+    for needed in (baseline, EAGER if tasks else None):
+        if needed in registry.implementations and all(i.name != needed for i in impls) and needed not in args.exclude:
+            impls.insert(0, registry.get(needed))
     if not impls:
         raise UserError("no implementation selected: check the suite's implementations section and --impl/--exclude")
 

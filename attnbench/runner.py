@@ -23,6 +23,7 @@ from attnbench.case import Case
 from attnbench.implementation import Implementation
 from attnbench.measure.correctness import Tolerance
 from attnbench.results import Record
+from attnbench.worker import MEMORY_LIMIT_ENV
 
 WORKER_START_TIMEOUT_S = 180.0
 STDERR_TAIL_LINES = 12
@@ -179,6 +180,14 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def worker_env(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment workers start with: ``env`` (default: this process's) plus the per-worker memory limit."""
+    env = dict(os.environ if env is None else env)
+    if options.worker_memory_bytes:
+        env[MEMORY_LIMIT_ENV] = str(options.worker_memory_bytes)
+    return env
 
 
 def call_or_failure(worker: WorkerProcess, request: dict, timeout_s: float) -> dict:

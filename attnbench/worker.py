@@ -88,6 +88,13 @@ class _Reference:
 
 _REFERENCE = _Reference()
 GRAD_NAMES = ("out", "dq", "dk", "dv")
+ERROR_KEYS = ("rel_err", "max_abs_err", "baseline_rel_err", "nonfinite")
+"""A tensor's error metrics, named ``error_prefix(tensor) + key``."""
+
+
+def error_prefix(name: str) -> str:
+    """The metric-name prefix of a checked tensor: none for the output, ``dq_``... for gradients."""
+    return "" if name == "out" else f"{name}_"
 
 
 def _to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -220,7 +227,7 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, ca
             if reason and failure is None:
                 failure = f"{name}: {reason} (seed {seed})"
     for name, entry in worst.items():
-        prefix = "" if name == "out" else f"{name}_"
+        prefix = error_prefix(name)
         metrics[f"{prefix}rel_err"] = entry["errors"]["rel_err"]
         metrics[f"{prefix}max_abs_err"] = entry["errors"]["max_abs_err"]
         metrics[f"{prefix}baseline_rel_err"] = entry["baseline"]["rel_err"]

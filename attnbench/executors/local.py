@@ -39,8 +39,9 @@ from attnbench.runner import (
     WorkerTimeout,
     call_or_failure,
     make_record,
+    worker_env,
 )
-from attnbench.worker import MEMORY_LIMIT_ENV
+from attnbench.worker import ERROR_KEYS, GRAD_NAMES, error_prefix
 
 
 class KeptWorkers(Protocol):
@@ -206,13 +207,13 @@ def trials_for_process(process: int, seeds: int, processes: int) -> list[int]:
 
 def merge_correctness(into: dict, other: dict) -> None:
     """Fold another process's error metrics into ``into``: the worse trial per tensor wins, seeds add up."""
-    for prefix in ("", "dq_", "dk_", "dv_"):
+    for prefix in map(error_prefix, GRAD_NAMES):
         if f"{prefix}rel_err" not in other:
             continue
         mine = (into.get(f"{prefix}nonfinite", 0), into.get(f"{prefix}rel_err", -1.0))
         theirs = (other.get(f"{prefix}nonfinite", 0), other[f"{prefix}rel_err"])
         if f"{prefix}rel_err" not in into or theirs > mine:
-            for key in ("rel_err", "max_abs_err", "baseline_rel_err", "nonfinite"):
+            for key in ERROR_KEYS:
                 into.pop(f"{prefix}{key}", None)
                 if f"{prefix}{key}" in other:
                     into[f"{prefix}{key}"] = other[f"{prefix}{key}"]
@@ -239,9 +240,7 @@ class LocalExecutor:
                  context: dict | None = None, slots: list[Slot] | None = None,
                  kept: KeptWorkers | None = None) -> None:
         self.options = options
-        env = dict(os.environ if env is None else env)
-        if options.worker_memory_bytes:
-            env[MEMORY_LIMIT_ENV] = str(options.worker_memory_bytes)
+        env = worker_env(options, env)
         if slots is None:
             gpus = visible_gpus() if device == "cuda" else []
             slots = device_slots(device, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)

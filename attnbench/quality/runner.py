@@ -11,7 +11,6 @@ shows in training. Approximate implementations get the comparison, not the verdi
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,8 +23,7 @@ from attnbench.quality.config import TaskConfig
 from attnbench.quality.metrics import agrees_with, summarize
 from attnbench.quality.train import task_case
 from attnbench.results import Record
-from attnbench.runner import RunOptions, WorkerProcess, call_or_failure
-from attnbench.worker import MEMORY_LIMIT_ENV
+from attnbench.runner import RunOptions, WorkerProcess, call_or_failure, worker_env
 
 EAGER = "eager"
 """What exact implementations must agree with."""
@@ -67,9 +65,7 @@ def run_tasks(pairs: list[TaskPair], options: RunOptions, *, env: dict[str, str]
     ``previous`` records (a resumed run's) supply eager's accuracies for tasks
     whose eager record is already there.
     """
-    env = dict(os.environ if env is None else env)
-    if options.worker_memory_bytes:
-        env[MEMORY_LIMIT_ENV] = str(options.worker_memory_bytes)
+    env = worker_env(options, env)
     eager = {_key(r.case): _accuracies(r) for r in previous if r.impl == EAGER and r.status == "ok" and "task" in r.case}
     context = {"executor": "local", "attempt": 1, "node": socket.gethostname(), "environment": compact_environment()}
     worker = WorkerProcess(0, env)
