@@ -11,7 +11,6 @@ import dataclasses
 import fnmatch
 import importlib
 import os
-import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -21,6 +20,7 @@ import pluggy
 import attnbench
 from attnbench import hookspecs
 from attnbench.implementation import Implementation
+from attnbench.outcome import describe
 
 ENTRY_POINT_GROUP = "attnbench"
 SELECT_ENV = "ATTNBENCH_PLUGINS"
@@ -187,7 +187,7 @@ def _register(manager: pluggy.PluginManager, info: PluginInfo, load) -> None:
     except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise
-        info.errors.append(f"failed to load: {_describe(exc)}")
+        info.errors.append(f"failed to load: {describe(exc)}")
         return
     callers = manager.get_hookcallers(obj) or []
     unknown = sorted(caller.name for caller in callers if caller.spec is None)
@@ -203,7 +203,7 @@ def _call_hook(hook: pluggy.HookImpl, info: PluginInfo) -> list[Implementation]:
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, KeyboardInterrupt):
             raise
-        info.errors.append(f"attnbench_implementations() raised {_describe(exc)}")
+        info.errors.append(f"attnbench_implementations() raised {describe(exc)}")
         return []
     if result is None:
         return []
@@ -219,9 +219,3 @@ def _call_hook(hook: pluggy.HookImpl, info: PluginInfo) -> list[Implementation]:
         else:
             info.errors.append(f"attnbench_implementations() returned {type(item).__name__}, not an Implementation")
     return good
-
-
-def _describe(exc: BaseException) -> str:
-    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    loc = f" ({os.path.basename(where.filename)}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {exc}{loc}"

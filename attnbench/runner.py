@@ -213,6 +213,10 @@ class Pair:
     impl: Implementation
 
 
+OnStart = Callable[[Pair], None]
+"""Called as a pair starts (or, under Slurm, as its job does): progress display."""
+
+
 def plan(cases: Iterable[Case], impls: list[Implementation], options: RunOptions,
          predict: Callable[[Case, Implementation], int] | None = None) -> tuple[list[Pair], list[Record]]:
     """Split pairs into those to measure and those settled without a worker (unsupported, skipped)."""
@@ -238,13 +242,3 @@ def make_record(impl: Implementation, case: Case, status: str, reason: str, opti
     """The record of one pair, with the implementation's identity filled in."""
     return Record(impl=impl.name, case=case.to_dict(), status=status, reason=reason, plugin=impl.plugin,
                   version=impl.version, exact=impl.exact, ranked=impl.ranked, hardware=options.device_name, **extra)
-
-
-def __getattr__(name: str):
-    # LocalExecutor lives in attnbench.executors.local, which builds on this module;
-    # importing it lazily keeps ``from attnbench.runner import LocalExecutor`` working without a cycle.
-    if name == "LocalExecutor":
-        from attnbench.executors.local import LocalExecutor
-
-        return LocalExecutor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,12 +21,13 @@ import torch
 from attnbench.case import Case
 from attnbench.implementation import Implementation, Unsupported
 from attnbench.measure import correctness as corr
+from attnbench.measure import memory
 from attnbench.measure.timing import Timing, time_cpu, time_cuda, warmup
+from attnbench.outcome import GRAD_NAMES, classify, describe, error_prefix
+from attnbench.quality.work import serve_task
 
 MEMORY_LIMIT_ENV = "ATTNBENCH_WORKER_MEMORY_BYTES"
 """Bytes of address space a CPU worker may add after start-up (set by the runner from the memory budget)."""
-FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "CUBLAS_STATUS", "cudaError")
-OOM_MARKERS = ("out of memory", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc")
 
 
 @dataclass
@@ -87,14 +87,6 @@ class _Reference:
 
 
 _REFERENCE = _Reference()
-GRAD_NAMES = ("out", "dq", "dk", "dv")
-ERROR_KEYS = ("rel_err", "max_abs_err", "baseline_rel_err", "nonfinite")
-"""A tensor's error metrics, named ``error_prefix(tensor) + key``."""
-
-
-def error_prefix(name: str) -> str:
-    """The metric-name prefix of a checked tensor: none for the output, ``dq_``... for gradients."""
-    return "" if name == "out" else f"{name}_"
 
 
 def _to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -245,8 +237,6 @@ def _worse(a: dict, b: dict) -> bool:
 
 
 def _measure_memory(step: Callable[[], object], device: str) -> int:
-    from attnbench.measure import memory
-
     if device == "cuda":
         return memory.peak_bytes_cuda(step)
     return memory.peak_bytes_cpu(step)
@@ -262,22 +252,6 @@ def _time(step: Callable[[], object], req: Request, warm: bool, checked_call_s: 
     if device == "cuda":
         return time_cuda(step, repeats=req.cuda_repeats, flush_l2=req.flush_l2, cuda_graph=req.cuda_graph)
     return time_cpu(step, min_time_s=req.min_time_s, min_samples=req.min_samples, first_estimate_s=estimate)
-
-
-def classify(exc: BaseException) -> tuple[str, bool]:
-    """Status for an exception raised by an implementation, and whether the worker must be replaced."""
-    text = f"{type(exc).__name__}: {exc}"
-    fatal = any(m in text for m in FATAL_MARKERS)
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(m in text for m in OOM_MARKERS):
-        return "oom", fatal
-    return "error", fatal
-
-
-def _describe(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}{where}"[:500]
 
 
 def measure(impl: Implementation, req: Request) -> dict:
@@ -323,7 +297,7 @@ def measure(impl: Implementation, req: Request) -> dict:
         reply.update(status="incorrect", reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; it becomes this pair's record
         status, fatal = classify(exc)
-        reply.update(status=status, reason=_describe(exc), fatal=fatal)
+        reply.update(status=status, reason=describe(exc), fatal=fatal)
     reply["wall_s"] = time.perf_counter() - begun
     return reply
 
@@ -338,8 +312,6 @@ def serve(registry_impls: dict[str, Implementation], requests, replies) -> None:
         if impl is None:
             reply = {"status": "error", "reason": f"implementation {data['impl']!r} did not load in the worker", "metrics": {}, "samples_ms": [], "fatal": False}
         elif "task" in data:  # a quality task's training run, not a kernel case
-            from attnbench.quality.work import serve_task
-
             reply = serve_task(impl, data)
         else:
             reply = measure(impl, Request.from_json(data))

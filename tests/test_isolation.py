@@ -5,7 +5,8 @@ import pytest
 
 from attnbench.case import Case
 from attnbench.plugins import load_registry
-from attnbench.runner import LocalExecutor, RunOptions, plan
+from attnbench.executors.local import LocalExecutor
+from attnbench.runner import RunOptions, plan
 
 
 @pytest.fixture

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from attnbench.errors import UserError
 from attnbench.executors.placement import gres_gpus
 from attnbench.results import Record
-from attnbench.runner import Pair, RunOptions
+from attnbench.runner import OnStart, Pair
 
 if TYPE_CHECKING:
     from attnbench.suite import Hardware
@@ -30,12 +28,6 @@ EXTRAS = {"slurm": ("submitit", "attnbench[slurm]"), "ray": ("ray", "attnbench[r
 FLAGS = {"slurm_partition": "--slurm-partition", "slurm_gres": "--slurm-gres", "slurm_constraint": "--slurm-constraint",
          "slurm_time_min": "--slurm-time", "ray_address": "--ray-address", "ray_accelerator_type": "--ray-accelerator-type"}
 """Each executor setting's command-line flag."""
-FORWARDED_ENV_PREFIX = "ATTNBENCH_"
-"""Variables the driver hands to remote workers (plugin modules, memory limits): configuration, not paths."""
-
-OnStart = Callable[[Pair], None]
-"""Called as a pair starts (or, under Slurm, as its job does): progress display."""
-
 
 class Executor(Protocol):
     """Where pairs are measured."""
@@ -113,29 +105,3 @@ class ExecutorConfig:
         if requested != "auto":
             return requested
         return "cuda" if self.names_gpu else "cpu"
-
-
-def forwarded_env() -> dict[str, str]:
-    """This process's attnbench settings, for workers on other machines."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
-
-
-def open_executor(config: ExecutorConfig, options: RunOptions, *, device: str, run_dir: Path) -> Executor:
-    """The executor ``config`` names, not yet entered; Slurm keeps its jobs' files under ``run_dir/slurm``."""
-    if config.kind == "local":
-        from attnbench.executors.local import LocalExecutor
-
-        return LocalExecutor(options, device=device)
-    if config.kind == "slurm":
-        from attnbench.executors.slurm import SlurmExecutor
-
-        return SlurmExecutor(options, run_dir / "slurm", device=device, partition=config.slurm_partition,
-                             gres=config.slurm_gres, constraint=config.slurm_constraint,
-                             gpus_per_job=config.slurm_gpus_per_job, time_min=config.slurm_time_min,
-                             env=forwarded_env())
-    if config.kind == "ray":
-        from attnbench.executors.ray import RayExecutor
-
-        return RayExecutor(options, address=config.ray_address, accelerator_type=config.ray_accelerator_type,
-                           env=forwarded_env())
-    raise ValueError(f"executor {config.kind!r} is not one of {', '.join(EXECUTORS)}")

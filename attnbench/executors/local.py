@@ -23,15 +23,16 @@ from dataclasses import asdict, replace
 from typing import Protocol
 
 from attnbench.case import Case
-from attnbench.executors.base import OnStart
 from attnbench.executors.machine import compact_environment, visible_gpus
 from attnbench.executors.placement import Slot, by_case, device_slots
 from attnbench.executors.telemetry import gpu_state
 from attnbench.hardware import cpu_model, device_peak
 from attnbench.implementation import Implementation
 from attnbench.measure.timing import iqr
+from attnbench.outcome import ERROR_KEYS, GRAD_NAMES, error_prefix
 from attnbench.results import MEASURED, Record
 from attnbench.runner import (
+    OnStart,
     Pair,
     RunOptions,
     WorkerDied,
@@ -41,7 +42,6 @@ from attnbench.runner import (
     make_record,
     worker_env,
 )
-from attnbench.worker import ERROR_KEYS, GRAD_NAMES, error_prefix
 
 
 class KeptWorkers(Protocol):

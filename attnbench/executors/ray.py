@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 import ray
 from ray import exceptions as ray_errors
 
-from attnbench.executors.base import OnStart
 from attnbench.executors.placement import by_case, ray_request, unfit_reason
 from attnbench.executors.pool import WorkerPool
 from attnbench.executors.remote import describe, measure_here
 from attnbench.results import Record
-from attnbench.runner import WORKER_START_TIMEOUT_S, Pair, RunOptions, make_record
+from attnbench.runner import WORKER_START_TIMEOUT_S, OnStart, Pair, RunOptions, make_record
 
 NODE_LOST = (ray_errors.NodeDiedError, ray_errors.LocalRayletDiedError, ray_errors.ObjectLostError)
 """Errors that mean the task's node (or the driver's link to it) is gone; OwnerDiedError is an ObjectLostError."""

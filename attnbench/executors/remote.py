@@ -18,11 +18,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from attnbench.case import Case
-from attnbench.executors.base import OnStart
 from attnbench.executors.local import LocalExecutor
 from attnbench.implementation import Implementation
 from attnbench.results import Record
-from attnbench.runner import Pair, RunOptions
+from attnbench.runner import OnStart, Pair, RunOptions
 
 if TYPE_CHECKING:
     from attnbench.executors.pool import WorkerPool

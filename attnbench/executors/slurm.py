@@ -24,11 +24,10 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from attnbench.executors.base import OnStart
 from attnbench.executors.placement import by_case, chunk, gres_gpus
 from attnbench.executors.remote import describe, measure_here, rebuild
 from attnbench.results import Journal, Record
-from attnbench.runner import WORKER_START_TIMEOUT_S, Pair, RunOptions, make_record
+from attnbench.runner import WORKER_START_TIMEOUT_S, OnStart, Pair, RunOptions, make_record
 
 JOB_STATES = (
     ("PREEMPTED", "preempted"),

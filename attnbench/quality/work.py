@@ -18,6 +18,7 @@ import torch
 from attnbench.case import Case
 from attnbench.implementation import Implementation, Unsupported
 from attnbench.measure.correctness import error_metrics, make_inputs, math_attention
+from attnbench.outcome import classify, describe
 from attnbench.quality.config import TaskConfig
 from attnbench.quality.train import run_task, task_case
 
@@ -42,9 +43,6 @@ def kernel_error(impl: Implementation, case: Case) -> float | None:
 
 def serve_task(impl: Implementation, data: dict) -> dict:
     """Train and score one seed; always returns a reply, whatever the implementation does."""
-    # Imported here: attnbench.worker imports this module lazily; one classification serves both kinds of request.
-    from attnbench.worker import _describe, classify
-
     reply: dict = {"status": "ok", "reason": "", "fatal": False, "result": None}
     begun = time.perf_counter()
     try:
@@ -58,6 +56,6 @@ def serve_task(impl: Implementation, data: dict) -> dict:
         reply.update(status="unsupported", reason=exc.reason)
     except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; it becomes this pair's record
         status, fatal = classify(exc)
-        reply.update(status=status, reason=_describe(exc), fatal=fatal)
+        reply.update(status=status, reason=describe(exc), fatal=fatal)
     reply["wall_s"] = time.perf_counter() - begun
     return reply
