@@ -4,7 +4,7 @@ Records pair up by implementation and case; the hardware may differ (comparing
 two machines is one use). The ratio is NEW's median time / BASE's: above 1 is
 slower. It is significant only when ``|ratio - 1|`` exceeds the combined noise
 ``hypot(noise(base), noise(new))``, with ``noise`` the larger of IQR/median and
-the spread between worker processes (report.terminal): the root-sum-square of
+the spread between worker processes (report.speedup): the root-sum-square of
 two independent relative noises. Anything smaller is reported as within noise.
 
 Status changes count too: a pair that was ``ok`` in BASE and is incorrect,
@@ -25,8 +25,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from attnbench.report.runs import Run, case_label
-from attnbench.report.terminal import format_time, noise
+from attnbench.report.format import case_label, format_time
+from attnbench.report.runs import Run
+from attnbench.report.speedup import noise
 from attnbench.results import FAILURES, MEASURED, Record, pair_key
 
 EXIT_REGRESSION = 4

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 
 from attnbench.errors import UserError
-from attnbench.report.runs import Run, case_label, load_runs
+from attnbench.report.format import case_label
+from attnbench.report.runs import Run, load_runs
 from attnbench.results import load
 
 FORMATS = ("csv", "parquet", "pyperf")

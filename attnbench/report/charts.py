@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
-from attnbench.report.runs import Entry, case_label
-from attnbench.report.terminal import format_bytes, format_time, noise
+from attnbench.report.format import case_label, format_bytes, format_time, seq_text
+from attnbench.report.runs import Entry
+from attnbench.report.speedup import noise
 from attnbench.results import MEASURED
 
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#7f7f7f", "#bcbd22", "#000000", "#9467bd")
@@ -222,7 +223,7 @@ def _by_impl(entries: list[Entry]) -> dict[str, Series]:
 def _tip(e: Entry, value: str, whole_case: bool = False) -> str:
     """A point's tooltip; charts of one family need only the sequence length to name the case."""
     r, case = e.record, e.record.case
-    where = case_label(case) if whole_case else f"N {case['seq_q']}" + ("" if case["seq_q"] == case["seq_kv"] else f"×{case['seq_kv']}")
+    where = case_label(case) if whole_case else f"N {seq_text(case)}"
     verdict = "" if r.status == "ok" else f" ✗ {r.status}: {r.reason}"
     return f"{r.impl} · {where}: {value}{verdict}"
 

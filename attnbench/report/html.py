@@ -27,10 +27,11 @@ from markupsafe import Markup
 import attnbench
 from attnbench.report import charts
 from attnbench.report.board import INTERVAL_HEADING, Line, line
+from attnbench.report.format import case_label, error_text, family_label, format_bytes, format_time, seq_text
 from attnbench.report.quality import quality_views, task_boards, without_tasks
 from attnbench.report.rank import CONFIDENCE, REPLICATES, Leaderboard, leaderboard
-from attnbench.report.runs import Entry, Run, case_label, family_key, family_label, group_runs, load_runs
-from attnbench.report.terminal import format_bytes, format_time, noise, speedup
+from attnbench.report.runs import Entry, Run, family_key, group_runs, load_runs
+from attnbench.report.speedup import noise, speedup
 from attnbench.results import MEASURED
 
 PAGE_NAME = "index.html"
@@ -204,12 +205,11 @@ def _metric_cell(e: Entry, key: str, text: Callable[[float], str]) -> Cell:
 
 def _case_row(e: Entry) -> CaseRow:
     r, case = e.record, e.record.case
-    seq = f"{case['seq_q']}" if case["seq_q"] == case["seq_kv"] else f"{case['seq_q']}×{case['seq_kv']}"
     return CaseRow(
         hardware=e.hardware,
         label=case_label(case),
         seq_sort=f"{case['seq_kv'] * 1e6 + case['seq_q']:.9g}",  # by keys, then queries
-        seq=seq,
+        seq=seq_text(case),
         dtype=str(case["dtype"]),
         mask=str(case["mask"]),
         pass_=str(case["pass"]),
@@ -221,7 +221,7 @@ def _case_row(e: Entry) -> CaseRow:
             _speedup_cell(e),
             _metric_cell(e, "tflops", lambda v: f"{v:.3g}"),
             _metric_cell(e, "peak_bytes", format_bytes),
-            _metric_cell(e, "rel_err", lambda v: f"{v:.1e}"),
+            _metric_cell(e, "rel_err", error_text),
         ),
         reason=r.reason,
     )

@@ -24,8 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from attnbench.report import charts
-from attnbench.report.runs import Run, case_key, task_label
-from attnbench.report.terminal import format_bytes, format_time
+from attnbench.report.format import error_text, format_bytes, format_time, number_text, task_label
+from attnbench.report.runs import Run, case_key
 from attnbench.results import MEASURED, Record
 
 REFERENCE = "eager"
@@ -235,14 +235,6 @@ def accuracy_text(line: TaskLine) -> str:
     if line.accuracy is None:
         return ""
     return f"{m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f} [{m['accuracy_min']:.3f}, {m['accuracy_max']:.3f}]"
-
-
-def number_text(value: float | None, digits: int = 3) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def error_text(value: float | None) -> str:
-    return "" if value is None else f"{value:.1e}"
 
 
 def task_table(board: TaskBoard) -> Table:

@@ -9,7 +9,7 @@ Interval: a seeded bootstrap over cases that also redraws each case's timing.
 Each replicate resamples the cases with replacement and adds to every picked
 log-ratio a normal draw whose standard deviation is that case's timing noise,
 ``hypot(log1p(noise(impl)), log1p(noise(baseline)))`` with ``noise`` the larger
-of IQR/median and the spread between worker processes (report.terminal). Taking
+of IQR/median and the spread between worker processes (report.speedup). Taking
 the noise as one standard deviation is deliberately wide (the median of many
 samples is tighter than one sample's IQR, but process-to-process spread does not
 average away), so the interval errs towards "tied". The interval is the central
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from attnbench.report.runs import Entry, Group
-from attnbench.report.terminal import noise
+from attnbench.report.speedup import noise
 from attnbench.results import FAILURES
 
 CONFIDENCE = 0.95

@@ -153,46 +153,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return groups
 
 
-def case_label(case: dict[str, Any]) -> str:
-    """Short label, e.g. ``B2 H8/2 N512x1024 D64 bfloat16 causal fwd``.
-
-    Mirrors ``Case.label`` without building a Case, which would import torch. A quality task's
-    case (it has a ``task``) gets ``task_label``.
-    """
-    if "task" in case:
-        return task_label(case)
-    return f"{_heads(case)} N{_seq(case)} D{case['head_dim']} {_tail(case)}"
-
-
-def task_label(case: dict[str, Any]) -> str:
-    """A quality task's short label, e.g. ``listops N128 d64 H4 L2 B32 400 steps`` (``TaskConfig.label``)."""
-    return (f"{case['task']} N{case['seq_len']} d{case['d_model']} H{case['heads']} L{case['layers']} B{case['batch']} "
-            f"{case['steps']} steps")
-
-
-def family_label(case: dict[str, Any]) -> str:
-    """The case without its sequence length: what one chart's lines share."""
-    seq = "seq_q = seq_kv" if case["seq_q"] == case["seq_kv"] else f"seq_q {case['seq_q']}"
-    return f"{_heads(case)} D{case['head_dim']} {_tail(case)}, {seq}"
-
-
 def family_key(case: dict[str, Any]) -> tuple:
     """Cases that differ only in sequence length share a family (seq_q moves with seq_kv, or stays fixed)."""
     rest = {k: v for k, v in case.items() if k not in ("seq_q", "seq_kv")}
     rest["seq_q"] = "=" if case["seq_q"] == case["seq_kv"] else case["seq_q"]
     return case_key(rest)
-
-
-def _heads(case: dict[str, Any]) -> str:
-    heads = f"H{case['heads_q']}" if case["heads_q"] == case["heads_kv"] else f"H{case['heads_q']}/{case['heads_kv']}"
-    return f"B{case['batch']} {heads}"
-
-
-def _seq(case: dict[str, Any]) -> str:
-    return f"{case['seq_q']}" if case["seq_q"] == case["seq_kv"] else f"{case['seq_q']}x{case['seq_kv']}"
-
-
-def _tail(case: dict[str, Any]) -> str:
-    mask = case["mask"] if case["mask"] != "sliding_window" else f"window{case.get('window')}"
-    scale = "" if case.get("scale") is None else f" scale{case['scale']:g}"
-    return f"{case['dtype']} {mask}{scale} {case['pass']}"

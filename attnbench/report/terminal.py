@@ -8,46 +8,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attnbench.report.format import error_text, format_bytes, format_time
+from attnbench.report.quality import is_task, print_task_records
+from attnbench.report.speedup import speedup
 from attnbench.results import Record
 
 SHORT_REASON = 48
-
-
-def noise(record: Record) -> float:
-    """Relative noise of a timing: the larger of IQR/median and the spread between worker processes."""
-    m = record.metrics
-    if not m.get("time_ms_median"):
-        return 0.0
-    return max(m.get("time_ms_iqr", 0.0) / m["time_ms_median"], m.get("process_spread", 0.0))
-
-
-def speedup(record: Record, baseline: Record | None) -> tuple[float, bool] | None:
-    """(baseline time / record time, significant?) when both were measured; a ratio inside the noise is not significant."""
-    if baseline is None or record is baseline:
-        return None
-    a, b = record.metrics.get("time_ms_median"), baseline.metrics.get("time_ms_median")
-    if not a or not b or baseline.status != "ok":
-        return None
-    ratio = b / a
-    return ratio, abs(ratio - 1) > max(noise(record), noise(baseline))
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-def format_time(ms: float) -> str:
-    if ms >= 1000:
-        return f"{ms / 1000:.3g} s"
-    if ms >= 1:
-        return f"{ms:.3g} ms"
-    return f"{ms * 1000:.3g} µs"
 
 
 def _short(reason: str) -> str:
@@ -76,7 +42,7 @@ def case_table(label: str, records: list[Record], baseline_name: str | None) -> 
         else:
             cells += ["", "", ""]
         cells.append(format_bytes(m.get("peak_bytes")))
-        cells.append("" if m.get("rel_err") is None else f"{m['rel_err']:.1e}")
+        cells.append(error_text(m.get("rel_err")))
         if r.status == "ok":
             status = "[green]ok[/]" if r.exact else "[cyan]approx[/]"
         elif r.status == "incorrect":
@@ -92,8 +58,8 @@ def case_table(label: str, records: list[Record], baseline_name: str | None) -> 
 
 def print_run(console: Console, records: Iterable[Record], baseline_name: str | None) -> None:
     """Print a table per case (in the order cases first appear), the noise note, and the quality tasks' tables."""
+    # Case imports torch, which the report modules load without (the report commands must start fast).
     from attnbench.case import Case
-    from attnbench.report.quality import is_task, print_task_records
 
     records = list(records)
     groups: dict[str, list[Record]] = {}
