@@ -52,14 +52,25 @@ def iqr(values: list[float]) -> float:
     return q3 - q1
 
 
+def sync(device: str) -> None:
+    """Wait for the work queued on ``device``: CUDA calls return before their kernels finish; the CPU has no queue."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_once(fn: Callable[[], object], device: str) -> float:
+    """Seconds one call of ``fn`` takes, the device synchronised before the clock stops (for calls too slow to repeat)."""
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def warmup(fn: Callable[[], object], calls: int, device: str) -> float:
     """Run ``fn`` ``calls`` times and return the last call's seconds (a first estimate for calibration)."""
     elapsed = 0.0
     for _ in range(max(1, calls)):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        elapsed = time.perf_counter() - start
+        elapsed = time_once(fn, device)
     return elapsed
 
 
@@ -156,8 +167,3 @@ def _capture_graph(fn: Callable[[], object]) -> tuple[Callable[[], object], str 
         torch.cuda.synchronize()
         return fn, f"CUDA graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); timed without a graph"
     return graph.replay, None
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()

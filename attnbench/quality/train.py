@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from attnbench.case import Case
 from attnbench.implementation import AttentionFn, Implementation, Unsupported
 from attnbench.measure.memory import peak_bytes_cpu, peak_bytes_cuda
-from attnbench.measure.timing import iqr
+from attnbench.measure.timing import iqr, time_once
 from attnbench.quality.config import TaskConfig
 from attnbench.quality.metrics import classification_metrics
 from attnbench.quality.model import TaskModel
@@ -93,7 +93,6 @@ def _train_and_score(impl: Implementation, config: TaskConfig, seed: int) -> dic
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
             optimizer.step()
         schedule.step()
-        _sync(config.device)
 
     # The step right after the warm-up is profiled for memory (and not timed: the profiler slows it).
     memory_step = min(WARMUP_STEPS, config.steps - 2)
@@ -101,13 +100,14 @@ def _train_and_score(impl: Implementation, config: TaskConfig, seed: int) -> dic
     started = time.perf_counter()
     for step in range(config.steps):
         tokens, labels = _tensors(*spec.generate(config.batch, config.seq_len, config.vocab, train_rng), config.device)
+        step_fn = functools.partial(train_step, tokens, labels)
         if step == memory_step:
-            peak = _peak_bytes(functools.partial(train_step, tokens, labels), config.device)
+            peak = _peak_bytes(step_fn, config.device)
             continue
-        begin = time.perf_counter()
-        train_step(tokens, labels)
+        # Every other step is clocked the way measure.timing clocks a call (synchronised), warm-up ones discarded.
+        seconds = time_once(step_fn, config.device)
         if step > memory_step:
-            step_ms.append((time.perf_counter() - begin) * 1e3)
+            step_ms.append(seconds * 1e3)
     train_s = time.perf_counter() - started
 
     eval_tokens, eval_labels = spec.generate(
@@ -175,8 +175,3 @@ def _tensors(tokens: np.ndarray, labels: np.ndarray, device: str) -> tuple[torch
 
 def _peak_bytes(fn, device: str) -> int:
     return peak_bytes_cuda(fn, device) if device == "cuda" else peak_bytes_cpu(fn)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
