@@ -166,30 +166,15 @@ def generate_compare(count: int, seq_len: int, vocab: int, rng: np.random.Genera
     return tokens, (first > second).astype(np.int64)
 
 
-TASKS: dict[str, TaskSpec] = {
-    "listops": TaskSpec(
-        name="listops",
-        description="ListOps: nested MAX/MIN/MED/SUM_MOD expressions over digits, bracketed; predict the value.",
-        num_classes=10,
-        generate=generate_listops,
-        min_vocab=lambda seq_len: LISTOPS_PAD + 1,
-        min_seq_len=8,
-    ),
-    "recall": TaskSpec(
-        name="recall",
-        description="Associative recall: distinct key-value pairs, then a key; predict its value.",
-        num_classes=RECALL_VALUES,
-        generate=generate_recall,
-        min_vocab=lambda seq_len: RECALL_PAD + 1 + recall_pairs(seq_len),
-        min_seq_len=5,
-    ),
-    "compare": TaskSpec(
-        name="compare",
-        description="Binary: is the digit marked in the first quarter of a filler sequence greater than the one in the last?",
-        num_classes=2,
-        generate=generate_compare,
-        min_vocab=lambda seq_len: COMPARE_FIRST_FILLER + 2,
-        min_seq_len=9,
-    ),
-}
-"""The tasks by name."""
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
+    TaskSpec("listops", "ListOps: nested MAX/MIN/MED/SUM_MOD expressions over digits, bracketed; predict the value.",
+             num_classes=10, generate=generate_listops, min_vocab=lambda seq_len: LISTOPS_PAD + 1, min_seq_len=8),
+    TaskSpec("recall", "Associative recall: distinct key-value pairs, then a key; predict its value.",
+             num_classes=RECALL_VALUES, generate=generate_recall,
+             min_vocab=lambda seq_len: RECALL_PAD + 1 + recall_pairs(seq_len), min_seq_len=5),
+    TaskSpec("compare",
+             "Binary: is the digit marked in the first quarter of a filler sequence greater than the one in the last?",
+             num_classes=2, generate=generate_compare,
+             min_vocab=lambda seq_len: COMPARE_FIRST_FILLER + 2, min_seq_len=9),
+)}
+"""The tasks by name (each spec names itself, so the key is not written twice)."""
