@@ -4,8 +4,8 @@
 import pytest
 
 from attnbench.case import Case
-from attnbench.plugins import load_registry
 from attnbench.executors.local import LocalExecutor
+from attnbench.plugins import load_registry
 from attnbench.runner import RunOptions, plan
 
 

@@ -4,9 +4,8 @@
 import pytest
 
 from attnbench.case import Case
-from attnbench.executors.local import merge_correctness, trials_for_process
+from attnbench.executors.local import LocalExecutor, merge_correctness, trials_for_process
 from attnbench.plugins import load_registry
-from attnbench.executors.local import LocalExecutor
 from attnbench.runner import RunOptions, plan
 
 
