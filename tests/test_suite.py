@@ -208,7 +208,7 @@ def test_device_sections_override_the_suite(tmp_path):
         (16, 64, "causal"), (16, 128, "causal"), (32, 64, "causal"), (32, 128, "causal")]
 
     s_cpu, s_cuda = suite.settings("cpu"), suite.settings("cuda")
-    assert s_cpu.baseline == suite.baseline == "sdpa" and s_cuda.baseline == "sdpa.flash"
+    assert s_cpu.baseline == suite.defaults.baseline == "sdpa" and s_cuda.baseline == "sdpa.flash"
     assert s_cpu.include == s_cuda.include == ("sdpa*", "eager", "flex")
     assert s_cpu.exclude == ("sdpa.math",) and s_cuda.exclude == ()
     assert s_cpu.selects("sdpa.flash") and not s_cpu.selects("sdpa.math") and not s_cpu.selects("chunked")
@@ -218,9 +218,11 @@ def test_device_sections_override_the_suite(tmp_path):
     assert s_cuda.correctness.floors == {"float32": 1e-5, "float16": 1e-2, "bfloat16": 0.5}
     assert (s_cuda.timing.warmup, s_cuda.timing.cuda_repeats, s_cuda.timing.cuda_graph) == (7, 60, True)
     assert (s_cpu.timing.cuda_repeats, s_cpu.timing.cuda_graph, s_cpu.timing.processes) == (100, False, 2)
-    assert s_cpu.timeout_s == s_cuda.timeout_s == suite.timeout_s == 60.0
-    assert s_cpu.memory_budget == suite.memory_budget == MemoryBudget(fraction=0.8)
+    assert s_cpu.timeout_s == s_cuda.timeout_s == suite.defaults.timeout_s == 60.0
+    assert s_cpu.memory_budget == suite.defaults.memory_budget == MemoryBudget(fraction=0.8)
     assert s_cuda.memory_budget.limit(10**12) == 8 * 2**30
+    # The suite's own settings are the top level's alone: no device section reaches them.
+    assert suite.defaults == dataclasses.replace(s_cpu, device="") and suite.defaults.exclude == ("sdpa.math",)
 
 
 def test_quality_suite_trains_every_task_on_both_devices():
@@ -284,7 +286,7 @@ def test_anchors_and_merge_keys_work(tmp_path):
 
 def test_exponent_floats_without_a_dot(tmp_path):
     suite = load_suite(write(tmp_path, "name: t\nmatrix: {seq: 8}\ncorrectness: {floors: {float32: 3e-6}}\n"))
-    assert suite.correctness.floors["float32"] == 3e-6
+    assert suite.defaults.correctness.floors["float32"] == 3e-6
 
 
 def test_cases_returns_a_fresh_list(tmp_path):
