@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -20,32 +21,77 @@ class DevicePeak:
     """Vendor-published dense peaks (no sparsity) for one card."""
 
     match: str
+    """Words of ``torch.cuda.get_device_name`` that pick this entry (case, '-' and '_' ignored; the longest match wins)."""
     name: str
     tflops: dict[str, float]
-    """Peak TFLOP/s by dtype name: tensor cores for 16-bit, plain FP32 (no TF32) for float32."""
+    """Peak TFLOP/s by dtype name: dense tensor (matrix) cores for 16-bit, plain non-tensor FP32 (not TF32) for float32."""
     gbps: float
     """Peak memory bandwidth in GB/s."""
 
 
-# Order matters: the first whose ``match`` is in the device name wins.
+def _peak(match: str, name: str, half: float, fp32: float, gbps: float) -> DevicePeak:
+    return DevicePeak(match, name, {"bfloat16": half, "float16": half, "float32": fp32}, gbps)
+
+
+# The longest ``match`` found in the device name (as whole words) wins, so "H200 NVL" beats "H200" and "GH200"
+# beats both, whatever the order. Figures are the vendor datasheets': 16-bit is the dense
+# tensor-core rate (half the "with sparsity" figure where only that is printed), float32 the
+# non-tensor FP32 rate, bandwidth the memory's peak. ROCm reports AMD cards as "cuda" too.
 DEVICE_PEAKS: tuple[DevicePeak, ...] = (
-    DevicePeak("H200", "NVIDIA H200 SXM", {"bfloat16": 989.4, "float16": 989.4, "float32": 66.9}, 4800),
-    DevicePeak("H100 NVL", "NVIDIA H100 NVL", {"bfloat16": 835.0, "float16": 835.0, "float32": 60.0}, 3900),
-    DevicePeak("H100 PCIe", "NVIDIA H100 PCIe", {"bfloat16": 756.5, "float16": 756.5, "float32": 51.2}, 2000),
-    DevicePeak("H100", "NVIDIA H100 SXM", {"bfloat16": 989.4, "float16": 989.4, "float32": 66.9}, 3350),
-    DevicePeak("A100-SXM4-80GB", "NVIDIA A100 SXM 80GB", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}, 2039),
-    DevicePeak("A100", "NVIDIA A100 40GB", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}, 1555),
-    DevicePeak("L4", "NVIDIA L4", {"bfloat16": 121.0, "float16": 121.0, "float32": 30.3}, 300),
-    DevicePeak("RTX 4090", "NVIDIA GeForce RTX 4090", {"bfloat16": 165.2, "float16": 165.2, "float32": 82.6}, 1008),
+    # NVIDIA H100 Tensor Core GPU datasheet (SXM, PCIe and NVL columns): BF16/FP16 1,979 / 1,513 /
+    # 1,671 TFLOPS with sparsity ("one-half lower without"), FP32 67 / 51 / 60, 3.35 / 2 / 3.9 TB/s.
+    # The SXM card names itself "NVIDIA H100 80GB HBM3", hence the bare "H100".
+    _peak("H100", "NVIDIA H100 SXM", 989.5, 67.0, 3350),
+    _peak("H100 PCIe", "NVIDIA H100 PCIe", 756.5, 51.0, 2000),
+    _peak("H100 NVL", "NVIDIA H100 NVL", 835.5, 60.0, 3900),
+    # NVIDIA H200 Tensor Core GPU datasheet (SXM and NVL): BF16/FP16 1,979 / 1,671 TFLOPS with
+    # sparsity, FP32 67 / 60, 4.8 TB/s both. The SXM card names itself "NVIDIA H200".
+    _peak("H200", "NVIDIA H200 SXM", 989.5, 67.0, 4800),
+    _peak("H200 NVL", "NVIDIA H200 NVL", 835.5, 60.0, 4800),
+    # NVIDIA GH200 Grace Hopper Superchip datasheet: BF16/FP16 990 TFLOPS dense, FP32 67; HBM3 96GB
+    # at 4 TB/s ("GH200 480GB" counts the Grace LPDDR5X too), the HBM3e 144GB version 4.9 TB/s.
+    _peak("GH200", "NVIDIA GH200 96GB HBM3", 990.0, 67.0, 4000),
+    _peak("GH200 144G", "NVIDIA GH200 144GB HBM3e", 990.0, 67.0, 4900),
+    # NVIDIA HGX B200 datasheet, per GPU (the 8-GPU board's figures / 8): FP16/BF16 36 PFLOPS with
+    # sparsity -> 2.25 dense, FP32 600 TFLOPS -> 75, HBM3e 8 TB/s.
+    _peak("B200", "NVIDIA B200", 2250.0, 75.0, 8000),
+    # NVIDIA L40S datasheet: BF16/FP16 362.05 TFLOPS dense (733 with sparsity), FP32 91.6, 864 GB/s.
+    _peak("L40S", "NVIDIA L40S", 362.05, 91.6, 864),
+    # NVIDIA A100 Tensor Core GPU datasheet: BF16/FP16 312 TFLOPS dense, FP32 19.5 for every form;
+    # bandwidth 1,555 GB/s (40GB PCIe and SXM), 1,935 (80GB PCIe), 2,039 (80GB SXM). An unlisted
+    # A100 gets the 40GB figure, the lowest.
+    _peak("A100", "NVIDIA A100 40GB", 312.0, 19.5, 1555),
+    _peak("A100-SXM4-40GB", "NVIDIA A100 SXM 40GB", 312.0, 19.5, 1555),
+    _peak("A100-SXM4-80GB", "NVIDIA A100 SXM 80GB", 312.0, 19.5, 2039),
+    _peak("A100-PCIE-40GB", "NVIDIA A100 PCIe 40GB", 312.0, 19.5, 1555),
+    _peak("A100 80GB PCIe", "NVIDIA A100 PCIe 80GB", 312.0, 19.5, 1935),
+    # AMD Instinct MI300X data sheet: BF16/FP16 matrix 1,307.4 TFLOPS dense (2,614.9 with
+    # sparsity), FP32 vector 163.4, HBM3 5.3 TB/s.
+    _peak("MI300X", "AMD Instinct MI300X", 1307.4, 163.4, 5300),
+    # NVIDIA L4 datasheet: BF16/FP16 242 TFLOPS with sparsity -> 121 dense, FP32 30.3, 300 GB/s.
+    _peak("L4", "NVIDIA L4", 121.0, 30.3, 300),
+    # NVIDIA Ada Lovelace GPU architecture whitepaper, RTX 4090: BF16/FP16 tensor with FP32
+    # accumulate 165.2 TFLOPS dense, FP32 82.6, 1,008 GB/s.
+    _peak("RTX 4090", "NVIDIA GeForce RTX 4090", 165.2, 82.6, 1008),
 )
 
 
+def _normalised(name: str) -> str:
+    # "A100-PCIE-40GB" and "A100 80GB PCIe" spell the same words differently.
+    return re.sub(r"[-_\s]+", " ", name).strip().lower()
+
+
+def _names(entry: DevicePeak, device_name: str) -> bool:
+    # Whole words only: "L4" must not match "L40S", nor "H200" "GH200".
+    pattern = r"(?<![a-z0-9])" + re.escape(_normalised(entry.match)) + r"(?![a-z0-9])"
+    return re.search(pattern, device_name) is not None
+
+
 def device_peak(device_name: str) -> DevicePeak | None:
-    """The peak table entry for a CUDA device name, or None when the card is not in the table."""
-    for entry in DEVICE_PEAKS:
-        if entry.match in device_name:
-            return entry
-    return None
+    """The entry whose ``match`` is the longest whole-word match in a device name; None for a card not in the table."""
+    name = _normalised(device_name)
+    found = [entry for entry in DEVICE_PEAKS if _names(entry, name)]
+    return max(found, key=lambda entry: len(entry.match), default=None)
 
 
 def cpu_model() -> str:
