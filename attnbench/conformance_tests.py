@@ -15,7 +15,7 @@ def test_conformance(attnbench_impl, attnbench_case):
     if reason:
         pytest.skip(f"not declared: {reason}")
     reply = measure(attnbench_impl, Request(impl=attnbench_impl.name, case=attnbench_case, seed=0,
-                                            correctness=True, memory=False, timing=False))
+                                            check_correctness=True, measure_memory=False, measure_time=False))
     if reply["status"] == "unsupported":
         pytest.skip(f"Unsupported: {reply['reason']}")
     metrics = reply["metrics"]

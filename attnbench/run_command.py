@@ -15,7 +15,6 @@ from attnbench.case import Case
 from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig
 from attnbench.hardware import cpu_model
-from attnbench.measure.correctness import Tolerance
 from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
 from attnbench.plugins import load_registry
 from attnbench.quality.runner import EAGER
@@ -109,9 +108,6 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
     if not impls:
         raise UserError("no implementation selected: check the suite's implementations section and --impl/--exclude")
 
-    timing, correctness = settings.timing, settings.correctness
-    tolerance = Tolerance(factor=correctness.tolerance_factor)
-    tolerance.abs_floor.update(correctness.floors)
     budget_spec = args.memory_budget
     if executor.remote:
         budget = _fleet_budget(budget_spec, settings.memory_budget.nbytes, executor.kind)
@@ -124,12 +120,11 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         budget = settings.memory_budget.limit(free_bytes(device))
     import torch
 
+    timing = replace(settings.timing, processes=args.processes or settings.timing.processes,
+                     flush_l2=settings.timing.flush_l2 and not args.warm_l2,
+                     cuda_graph=settings.timing.cuda_graph or args.cuda_graph)
     options = RunOptions(
-        seed=args.seed, seeds=correctness.seeds, tolerance=tolerance,
-        processes=args.processes or timing.processes,
-        min_time_s=timing.min_time_s, min_samples=timing.repeats, warmup_calls=timing.warmup,
-        cuda_repeats=timing.cuda_repeats, flush_l2=timing.flush_l2 and not args.warm_l2,
-        cuda_graph=timing.cuda_graph or args.cuda_graph,
+        seed=args.seed, correctness=settings.correctness, timing=timing,
         timeout_s=args.timeout or settings.timeout_s, memory_budget_bytes=budget,
         device_name="" if executor.remote else torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
         peak_tflops=args.peak_tflops, peak_gbps=args.peak_gbps,

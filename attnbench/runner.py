@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from attnbench.case import Case
 from attnbench.implementation import Implementation
-from attnbench.measure.correctness import Tolerance
+from attnbench.options import Correctness, Timing
 from attnbench.results import Record
 from attnbench.worker import MEMORY_LIMIT_ENV
 
@@ -29,21 +29,13 @@ WORKER_START_TIMEOUT_S = 180.0
 STDERR_TAIL_LINES = 12
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
     """How to measure: the suite's settings after command-line overrides."""
 
     seed: int = 0
-    seeds: int = 3
-    max_rows: int | None = 2048
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    processes: int = 2
-    min_time_s: float = 1.0
-    min_samples: int = 5
-    warmup_calls: int = 1
-    cuda_repeats: int = 100
-    flush_l2: bool = True
-    cuda_graph: bool = False
+    correctness: Correctness = field(default_factory=Correctness)
+    timing: Timing = field(default_factory=Timing)
     timeout_s: float = 300.0
     memory_budget_bytes: int | None = None
     device_name: str = ""

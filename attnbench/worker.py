@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -23,6 +23,8 @@ from attnbench.implementation import Implementation, Unsupported
 from attnbench.measure import correctness as corr
 from attnbench.measure import memory
 from attnbench.measure.timing import Timing, time_cpu, time_cuda, warmup
+from attnbench.options import Correctness
+from attnbench.options import Timing as TimingOptions
 from attnbench.outcome import GRAD_NAMES, classify, describe, error_prefix
 from attnbench.quality.work import serve_task
 
@@ -30,36 +32,31 @@ MEMORY_LIMIT_ENV = "ATTNBENCH_WORKER_MEMORY_BYTES"
 """Bytes of address space a CPU worker may add after start-up (set by the runner from the memory budget)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
     """What the runner asks of a worker for one case x implementation pair."""
 
     impl: str
     case: Case
     seed: int
-    correctness: bool
-    memory: bool
-    timing: bool
-    seeds: int = 3
+    check_correctness: bool
+    measure_memory: bool
+    measure_time: bool
     trials: list[int] | None = None
     """The correctness trials (0..seeds-1) this process checks; None: all. The runner spreads them over
     its processes so that each process's first call is a checked one, not a bare warm-up."""
-    max_rows: int | None = 2048
-    tolerance: corr.Tolerance | None = None
-    min_time_s: float = 1.0
-    min_samples: int = 5
-    warmup_calls: int = 1
-    cuda_repeats: int = 100
-    flush_l2: bool = True
-    cuda_graph: bool = False
+    correctness: Correctness = field(default_factory=Correctness)
+    timing: TimingOptions = field(default_factory=TimingOptions)
+
+    def to_json(self) -> dict:
+        """The request as one JSON-ready object, as it travels on the worker's stdin."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "case": self.case.to_dict(),
+                "correctness": asdict(self.correctness), "timing": asdict(self.timing)}
 
     @classmethod
     def from_json(cls, data: dict) -> Request:
-        data = dict(data)
-        data["case"] = Case.from_dict(data["case"])
-        if data.get("tolerance") is not None:
-            data["tolerance"] = corr.Tolerance(**data["tolerance"])
-        return cls(**data)
+        return cls(**{**data, "case": Case.from_dict(data["case"]), "correctness": Correctness(**data["correctness"]),
+                      "timing": TimingOptions(**data["timing"])})
 
 
 class _Reference:
@@ -170,24 +167,24 @@ cost seconds on long sequences and change nothing (such calls are timed one per 
 
 
 def _trials(req: Request) -> list[int]:
-    return list(range(req.seeds)) if req.trials is None else list(req.trials)
+    return list(range(req.correctness.seeds)) if req.trials is None else list(req.trials)
 
 
 def _memory_from_trials(req: Request) -> bool:
     """Whether a correctness trial can double as the memory measurement (its call is the timed step's)."""
-    return req.memory and req.correctness and MEMORY_TRIAL in _trials(req)[1:] and req.case.pass_ != "bwd"
+    return req.measure_memory and req.check_correctness and MEMORY_TRIAL in _trials(req)[1:] and req.case.pass_ != "bwd"
 
 
 def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, call_s: list[float]) -> str | None:
     """Run this process's trials on fresh inputs; fill error metrics (worst over trials) and each call's
     seconds into ``call_s``; return the failure reason or None."""
     case = req.case
-    tolerance = req.tolerance or corr.Tolerance()
+    tolerance = req.correctness.rule()
     worst: dict[str, dict] = {}
     failure = None
     for trial in _trials(req):
         seed = req.seed * 1000 + trial
-        pristine, rows, expected, baseline = _REFERENCE.get(case, seed, req.max_rows)
+        pristine, rows, expected, baseline = _REFERENCE.get(case, seed, req.correctness.max_rows)
         # The implementation gets copies: a write into them is caught here and cannot
         # corrupt the cached inputs that the next implementation is checked on.
         inputs = corr.Inputs(*(None if t is None else t.clone() for t in (pristine.q, pristine.k, pristine.v, pristine.grad_out)))
@@ -226,7 +223,8 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, ca
         if entry["errors"]["nonfinite"]:
             metrics[f"{prefix}nonfinite"] = entry["errors"]["nonfinite"]
     metrics["correctness_seeds"] = len(_trials(req))
-    metrics["correctness_rows"] = None if req.max_rows is None or case.seq_q <= req.max_rows or case.needs_backward else req.max_rows
+    max_rows = req.correctness.max_rows
+    metrics["correctness_rows"] = None if max_rows is None or case.seq_q <= max_rows or case.needs_backward else max_rows
     return failure
 
 
@@ -248,10 +246,12 @@ def _time(step: Callable[[], object], req: Request, warm: bool, checked_call_s: 
     if device == "cpu" and warm and checked_call_s is not None and checked_call_s >= SLOW_CALL_S:
         estimate = checked_call_s
     else:
-        estimate = warmup(step, 1 if warm else max(1, req.warmup_calls), device)
+        estimate = warmup(step, 1 if warm else max(1, req.timing.warmup), device)
     if device == "cuda":
-        return time_cuda(step, repeats=req.cuda_repeats, flush_l2=req.flush_l2, cuda_graph=req.cuda_graph)
-    return time_cpu(step, min_time_s=req.min_time_s, min_samples=req.min_samples, first_estimate_s=estimate)
+        return time_cuda(step, repeats=req.timing.cuda_repeats, flush_l2=req.timing.flush_l2,
+                         cuda_graph=req.timing.cuda_graph)
+    return time_cpu(step, min_time_s=req.timing.min_time_s, min_samples=req.timing.repeats,
+                    first_estimate_s=estimate)
 
 
 def measure(impl: Implementation, req: Request) -> dict:
@@ -268,7 +268,7 @@ def measure(impl: Implementation, req: Request) -> dict:
             raise _Incorrect(f"build returned {type(fn).__name__}, not a callable")
         warm = False
         call_s: list[float] = []
-        if req.correctness and _trials(req):
+        if req.check_correctness and _trials(req):
             try:
                 failure = _check_correctness(fn, impl, req, metrics, call_s)
             except _Incorrect as exc:  # unusable output: still timed, as every incorrect result is
@@ -278,13 +278,13 @@ def measure(impl: Implementation, req: Request) -> dict:
                 reply.update(status="incorrect", reason=failure)
         timing_inputs = corr.make_inputs(case, req.seed * 1000 + 999)
         step = make_step(fn, impl, case, timing_inputs)
-        if req.memory and not _memory_from_trials(req):
+        if req.measure_memory and not _memory_from_trials(req):
             if not warm:
                 # One-time allocations (oneDNN primitives, cuBLAS workspaces) are not the call's memory.
                 warmup(step, 1, case.device)
             metrics["peak_bytes"] = _measure_memory(step, case.device)
             warm = True
-        if req.timing:
+        if req.measure_time:
             timing = _time(step, req, warm, min(call_s) if call_s else None)
             reply["samples_ms"] = timing.samples_ms
             metrics["timing_method"] = timing.method

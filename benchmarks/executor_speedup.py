@@ -41,6 +41,7 @@ from attnbench.case import Case  # noqa: E402
 from attnbench.executors.local import LocalExecutor  # noqa: E402
 from attnbench.executors.ray import RayExecutor  # noqa: E402
 from attnbench.executors.slurm import SlurmExecutor  # noqa: E402
+from attnbench.options import Correctness, Timing  # noqa: E402
 from attnbench.plugins import load_registry  # noqa: E402
 from attnbench.runner import RunOptions, plan  # noqa: E402
 
@@ -51,7 +52,7 @@ def speedup(n_cases: int, n_impls: int, pair_seconds: float) -> None:
     os.environ["ATTNBENCH_FLEET_SLEEP_S"] = WORKER_ENV["ATTNBENCH_FLEET_SLEEP_S"] = sleep
     registry = load_registry()
     cases = [Case(1, 2, 2, 32 + 16 * i, 32 + 16 * i, 16) for i in range(n_cases)]
-    options = RunOptions(processes=1, seeds=3, min_time_s=pair_seconds, min_samples=3, timeout_s=600)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=pair_seconds, repeats=3, warmup=1), timeout_s=600)
     impls = registry.select(include=["fleet.sleepy*"])[:n_impls]
     todo, _ = plan(cases, impls, options)
     n_pairs = len(todo)
@@ -114,7 +115,7 @@ def took_over(records: list) -> int:
 
 def crashes() -> None:
     registry = load_registry()
-    options = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=60)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=60)
     todo, _ = plan([Case(1, 2, 2, 32, 32, 16)], registry.select(include=["eager", "bad.abort"]), options)
     with tempfile.TemporaryDirectory() as folder:
         executors = {

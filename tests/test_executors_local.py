@@ -7,6 +7,7 @@ import pytest
 from attnbench.case import Case
 from attnbench.executors.local import LocalExecutor
 from attnbench.executors.placement import Gpu, Slot
+from attnbench.options import Correctness, Timing
 from attnbench.plugins import load_registry
 from attnbench.runner import RunOptions, plan
 
@@ -26,7 +27,7 @@ def overlap(a, b) -> bool:
 def test_cases_spread_over_slots_and_run_at_once(fleet_env):
     impls = load_registry().select(include=["fleet.sleepy"])
     cases = [Case(1, 2, 2, seq, seq, 16) for seq in (32, 48, 64, 80)]
-    options = RunOptions(processes=1, seeds=3, min_time_s=0.3, min_samples=3)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.3, repeats=3, warmup=1))
     todo, _ = plan(cases, impls, options)
     with LocalExecutor(options, env=fleet_env, slots=TWO_GPU_SLOTS) as executor:
         records = list(executor.submit(todo))
@@ -47,7 +48,7 @@ def test_cases_spread_over_slots_and_run_at_once(fleet_env):
 
 def test_leaving_early_stops_every_slot(fleet_env):
     registry = load_registry()
-    options = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=600)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=600)
     quick, _ = plan([Case(1, 2, 2, 32, 32, 16)], registry.select(include=["eager"]), options)
     stuck, _ = plan([Case(1, 2, 2, 48, 48, 16)], registry.select(include=["bad.hang"]), options)
     executor = LocalExecutor(options, env=fleet_env, slots=TWO_GPU_SLOTS)

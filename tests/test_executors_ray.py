@@ -20,6 +20,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from attnbench.case import Case  # noqa: E402
 from attnbench.executors.ray import RayExecutor  # noqa: E402
+from attnbench.options import Correctness, Timing  # noqa: E402
 from attnbench.plugins import load_registry  # noqa: E402
 from attnbench.results import Record  # noqa: E402
 from attnbench.runner import RunOptions, plan  # noqa: E402
@@ -27,7 +28,7 @@ from attnbench.runner import RunOptions, plan  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixture_plugins"
 WORKER_ENV = {"PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
               "ATTNBENCH_PLUGIN_MODULES": "fleet,misbehaving"}
-FAST = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=60)
+FAST = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=60)
 CASE = Case(1, 2, 2, 32, 32, 16)
 
 
@@ -56,7 +57,7 @@ def pairs(registry, impls, cases=(CASE,), options=FAST):
 
 
 def test_two_pairs_run_at_once_on_distinct_gpus(cluster, registry):
-    options = RunOptions(processes=1, seeds=3, min_time_s=2.0, min_samples=3)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=2.0, repeats=3, warmup=1))
     todo = pairs(registry, ["fleet.sleepy"], [Case(1, 2, 2, s, s, 16) for s in (32, 48)], options)
     with RayExecutor(options, accelerator_type="H100", num_gpus=1, env=WORKER_ENV) as executor:
         a, b = executor.submit(todo)
@@ -82,7 +83,7 @@ def test_failures_end_in_their_status(cluster, registry):
 
 
 def test_a_case_is_one_task_and_its_pairs_stream_back_one_by_one(cluster, registry):
-    options = RunOptions(processes=1, seeds=3, min_time_s=1.0, min_samples=3)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=1.0, repeats=3, warmup=1))
     todo = pairs(registry, ["fleet.sleepy", "fleet.sleepy_b"], options=options)
     started = []
     with RayExecutor(options, num_gpus=1, env=WORKER_ENV) as executor:
@@ -108,7 +109,7 @@ def test_an_accelerator_no_node_has_is_infeasible_at_once(cluster, registry):
 
 
 def test_a_task_past_its_pairs_budgets_is_cancelled_as_timeout(cluster, registry):
-    options = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=600)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=600)
     todo = pairs(registry, ["bad.hang", "eager"], options=options)
     start = time.monotonic()
     with RayExecutor(options, num_gpus=1, env=WORKER_ENV, pair_timeout_s=2) as executor:
@@ -124,7 +125,7 @@ def test_a_removed_node_loses_its_pair_and_strands_the_queued_one(cluster, regis
     doomed = cluster.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:L4": 1},
                               object_store_memory=80 * 2**20)
     cluster.wait_for_nodes()
-    options = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=600)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=600)
     # Two cases, so two tasks.
     todo = pairs(registry, ["bad.hang"], options=options) + pairs(registry, ["fleet.sleepy"], [Case(1, 2, 2, 48, 48, 16)],
                                                                   options)
@@ -161,7 +162,7 @@ def successive_on_one_process(tasks):
 
 
 def test_a_lane_keeps_its_workers_from_case_to_case(cluster, registry):
-    options = RunOptions(processes=2, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=60)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=2, min_time_s=0.05, repeats=3, warmup=1), timeout_s=60)
     todo = pairs(registry, ["eager"], [Case(1, 2, 2, s, s, 16) for s in (32, 48, 64, 80)], options)
     # Two GPUs per task: one task at a time, each pinned to "0,1", so every task could take the last one's workers.
     with RayExecutor(options, num_gpus=2, env=WORKER_ENV) as executor:
@@ -195,9 +196,9 @@ def test_a_task_given_up_midway_kills_its_workers_and_the_next_gets_fresh_ones(r
     from attnbench.executors.ray import KEPT, _as_they_happen
     from attnbench.executors.remote import describe
 
-    options = RunOptions(processes=1, seeds=3, min_time_s=3.0, min_samples=3, timeout_s=60)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=3.0, repeats=3, warmup=1), timeout_s=60)
     described = [describe(p) for p in pairs(registry, ["fleet.sleepy"], options=options)]
-    quick = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=60)
+    quick = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=60)
 
     def record_of(run):
         (record,) = [Record.from_dict(e["record"]) for e in run if "record" in e]
@@ -249,12 +250,13 @@ def test_a_task_process_never_initialises_cuda(tmp_path):
         from attnbench.executors.ray import KEPT, _as_they_happen
         from attnbench.executors.remote import describe
         from attnbench.implementation import Implementation
+        from attnbench.options import Correctness, Timing
         from attnbench.runner import Pair, RunOptions
 
         def eager(case):
             raise AssertionError("built in the task process")
 
-        options = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=60)
+        options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=60)
         described = [describe(Pair(Case(1, 2, 2, 32, 32, 16, device="cuda"), Implementation("eager", eager)))]
         os.environ["CUDA_VISIBLE_DEVICES"] = "0"
         events = list(_as_they_happen(described, options, {}, {"executor": "ray"}))

@@ -12,6 +12,7 @@ import pytest
 from attnbench.case import Case
 from attnbench.cli import build_parser
 from attnbench.executors import open_executor
+from attnbench.options import Timing
 from attnbench.plugins import load_registry
 from attnbench.results import Journal, Record
 from attnbench.run_command import build_spec
@@ -33,7 +34,7 @@ def test_resume_measures_again_only_what_the_fleet_lost(tmp_path):
     registry = load_registry()
     spec = RunSpec(suite_name="t", suite_path="t.yaml", suite_hash="0", device="cpu",
                    cases=[Case(1, 2, 2, 32, 32, 16)], impls=registry.select(include=["eager", "sdpa"]),
-                   options=RunOptions(processes=1, min_time_s=0.01, min_samples=3), baseline="sdpa")
+                   options=RunOptions(timing=Timing(processes=1, min_time_s=0.01, repeats=3, warmup=1)), baseline="sdpa")
     run(spec, tmp_path)
     journal = tmp_path / JOURNAL_NAME
     eager, sdpa = sorted(Journal.read(journal), key=lambda r: r.impl)

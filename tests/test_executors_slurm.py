@@ -16,6 +16,7 @@ pytest.importorskip("submitit", reason="the Slurm executor needs submitit: pip i
 
 from attnbench.case import Case  # noqa: E402
 from attnbench.executors.slurm import SlurmExecutor, status_for_job_state, timed_out  # noqa: E402
+from attnbench.options import Correctness, Timing
 from attnbench.plugins import load_registry  # noqa: E402
 from attnbench.runner import RunOptions, plan  # noqa: E402
 
@@ -33,7 +34,7 @@ def local_slurm(options, folder, **kwargs):
 
 @pytest.mark.slow  # each job is a process that starts worker processes
 def test_jobs_stream_records_and_a_crash_stays_a_record(registry, tmp_path):
-    options = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=60)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=60)
     cases = [Case(1, 2, 2, 32, 32, 16), Case(1, 2, 2, 48, 48, 16)]
     todo, _ = plan(cases, registry.select(include=["eager", "bad.abort"]), options)
     with local_slurm(options, tmp_path) as executor:
@@ -65,7 +66,7 @@ def _measuring_job_pid(folder: Path, timeout_s: float = 60) -> int:
 @pytest.mark.parametrize("sent, status", [(signal.SIGKILL, "crashed"), (signal.SIGTERM, "preempted")],
                          ids=["killed", "preempted"])
 def test_a_job_killed_or_preempted_still_yields_every_record(registry, tmp_path, sent, status):
-    options = RunOptions(processes=1, seeds=3, min_time_s=0.05, min_samples=3, timeout_s=90)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=90)
     todo, _ = plan([Case(1, 2, 2, 32, 32, 16)], registry.select(include=["eager", "bad.hang"]), options)
 
     signalled = []

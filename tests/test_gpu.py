@@ -34,7 +34,7 @@ def test_builtin_correct_on_cuda(registry, name, dtype, pass_, mask):
     case = Case(2, 8, 2, 256, 512, 64, dtype=dtype, device="cuda", mask=mask, pass_=pass_)
     if impl.declines(case):
         pytest.skip(impl.declines(case))
-    reply = measure(impl, Request(impl=name, case=case, seed=0, correctness=True, memory=True, timing=False))
+    reply = measure(impl, Request(impl=name, case=case, seed=0, check_correctness=True, measure_memory=True, measure_time=False))
     if reply["status"] == "unsupported":
         assert reply["reason"], "Unsupported must carry a reason"
         pytest.skip(reply["reason"])

@@ -5,6 +5,7 @@ import pytest
 
 from attnbench.case import Case
 from attnbench.executors.local import LocalExecutor
+from attnbench.options import Timing
 from attnbench.plugins import load_registry
 from attnbench.runner import RunOptions, plan
 
@@ -19,8 +20,7 @@ def test_misbehaving_implementations_end_in_their_status(fixture_env):
     assert not registry.failures, registry.failures
     impls = registry.select(include=["bad.*", "good.*", "eager", "defect.cached", "defect.mutates_input"])
     case = Case(1, 2, 2, 64, 64, 32)
-    options = RunOptions(processes=1, min_time_s=0.05, min_samples=3, timeout_s=8,
-                         worker_memory_bytes=2 * 2**30)
+    options = RunOptions(timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1), timeout_s=8, worker_memory_bytes=2 * 2**30)
     todo, _ = plan([case], impls, options)
     with LocalExecutor(options, env=fixture_env) as executor:
         records = {r.impl: r for r in executor.submit(todo)}

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from attnbench.options import Timing
 from attnbench.plugins import load_registry
 from attnbench.quality import preset
 from attnbench.quality.runner import plan_tasks, record_case, run_tasks
@@ -30,7 +31,7 @@ def test_each_failure_is_its_own_record_and_the_rest_go_on(training_env):
     registry = load_registry()
     impls = [registry.get(name) for name in ("train.aborts", "train.hangs", "train.raises", "int8", "eager")]
     config = dataclasses.replace(preset("compare", "cpu", "tiny"), steps=3, eval_size=32, threads=1)
-    options = RunOptions(timeout_s=5.0, device_name="test CPU")
+    options = RunOptions(timing=Timing(warmup=1), timeout_s=5.0, device_name="test CPU")
     todo, settled = plan_tasks([config], impls, options)
     assert [r.impl for r in settled] == ["int8"] and settled[0].status == "unsupported"
     assert settled[0].reason == "backward not supported"

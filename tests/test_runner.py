@@ -5,6 +5,7 @@ import pytest
 
 from attnbench.case import Case
 from attnbench.executors.local import LocalExecutor, merge_correctness, trials_for_process
+from attnbench.options import Correctness, Timing
 from attnbench.plugins import load_registry
 from attnbench.runner import RunOptions, plan
 
@@ -18,7 +19,7 @@ def test_planted_defects_come_out_incorrect(defect_env):
     registry = load_registry()
     impls = registry.select(include=["defect.*", "eager", "sdpa"])
     case = Case(2, 4, 2, 64, 96, 32, mask="causal")
-    options = RunOptions(processes=1, min_time_s=0.05, min_samples=3)
+    options = RunOptions(timing=Timing(processes=1, min_time_s=0.05, repeats=3, warmup=1))
     todo, settled = plan([case], impls, options)
     assert not settled
     with LocalExecutor(options, env=defect_env) as executor:
@@ -40,7 +41,7 @@ def test_planted_defects_come_out_incorrect(defect_env):
 def test_two_processes_pool_samples_and_report_spread():
     registry = load_registry()
     case = Case(1, 2, 2, 64, 64, 32)
-    options = RunOptions(processes=2, min_time_s=0.05, min_samples=3, seeds=3)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=2, min_time_s=0.05, repeats=3, warmup=1))
     todo, _ = plan([case], registry.select(include=["eager", "sdpa"]), options)
     with LocalExecutor(options) as executor:
         records = list(executor.submit(todo))
@@ -56,7 +57,7 @@ def test_correctness_trials_spread_over_processes_still_judge_every_seed(defect_
     # The third seed is checked in the second process (its warm-up): a bug only it triggers must still count.
     registry = load_registry()
     case = Case(1, 2, 2, 64, 64, 32)
-    options = RunOptions(processes=2, min_time_s=0.05, min_samples=3, seeds=3)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=2, min_time_s=0.05, repeats=3, warmup=1))
     todo, _ = plan([case], registry.select(include=["defect.rare_input", "defect.cached", "eager"]), options)
     with LocalExecutor(options, env=defect_env) as executor:
         records = {r.impl: r for r in executor.submit(todo)}
@@ -96,7 +97,7 @@ def test_a_slow_pair_costs_three_checked_calls_and_the_timed_samples(fixture_plu
     monkeypatch.setenv("ATTNBENCH_COUNT_FILE", str(log))
     env = fixture_plugins("counting")
     case = Case(1, 2, 2, 32, 32, 16)
-    options = RunOptions(processes=2, seeds=3, min_time_s=0.1, min_samples=2)
+    options = RunOptions(correctness=Correctness(seeds=3), timing=Timing(processes=2, min_time_s=0.1, repeats=2, warmup=1))
     todo, _ = plan([case], load_registry().select(include=["count.slow"]), options)
     with LocalExecutor(options, env=env) as executor:
         (record,) = executor.submit(todo)

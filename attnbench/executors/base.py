@@ -12,15 +12,13 @@ import argparse
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from attnbench.errors import UserError
 from attnbench.executors.placement import gres_gpus
+from attnbench.options import Hardware
 from attnbench.results import Record
 from attnbench.runner import OnStart, Pair
-
-if TYPE_CHECKING:
-    from attnbench.suite import Hardware
 
 EXECUTORS = ("local", "slurm", "ray")
 EXTRAS = {"slurm": ("submitit", "attnbench[slurm]"), "ray": ("ray", "attnbench[ray]")}

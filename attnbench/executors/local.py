@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Protocol
 
 from attnbench.case import Case
@@ -42,6 +42,7 @@ from attnbench.runner import (
     make_record,
     worker_env,
 )
+from attnbench.worker import Request
 
 
 class KeptWorkers(Protocol):
@@ -63,7 +64,7 @@ class SlotWorkers:
         self.slot = slot
         # A GPU slot names its own card: a machine may hold different GPUs, and the peak table follows the name.
         self.options = replace(options, device_name=slot.gpu.name if slot.gpu else options.device_name or cpu_model())
-        count = max(1, options.processes)
+        count = max(1, options.timing.processes)
         self.workers = kept.take(env, count) if kept is not None else [WorkerProcess(i, env) for i in range(count)]
         self._starting: list[WorkerProcess] = []
         self.where = {
@@ -154,16 +155,12 @@ class SlotWorkers:
 
     def _request(self, impl: Implementation, case: Case, first_round: bool, trials: list[int]) -> dict:
         o = self.options
-        return {
-            "impl": impl.name, "case": case.to_dict(), "seed": o.seed,
-            "correctness": bool(trials), "memory": first_round, "timing": True,
-            "seeds": o.seeds, "trials": trials, "max_rows": o.max_rows, "tolerance": asdict(o.tolerance),
-            "min_time_s": o.min_time_s, "min_samples": o.min_samples, "warmup_calls": o.warmup_calls,
-            "cuda_repeats": o.cuda_repeats, "flush_l2": o.flush_l2, "cuda_graph": o.cuda_graph,
-        }
+        return Request(impl=impl.name, case=case, seed=o.seed, check_correctness=bool(trials),
+                       measure_memory=first_round, measure_time=True, trials=trials,
+                       correctness=o.correctness, timing=o.timing).to_json()
 
     def _call(self, worker: WorkerProcess, impl: Implementation, case: Case, first_round: bool) -> dict:
-        trials = trials_for_process(worker.index, self.options.seeds, len(self.workers))
+        trials = trials_for_process(worker.index, self.options.correctness.seeds, len(self.workers))
         return call_or_failure(worker, self._request(impl, case, first_round, trials), self.options.timeout_s)
 
     def _timing_metrics(self, case: Case, samples: list[float], process_medians: list[float]) -> dict:

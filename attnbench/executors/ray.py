@@ -138,7 +138,7 @@ class RayExecutor:
         self.accelerator_type = accelerator_type
         self.num_gpus = num_gpus
         self.env = dict(env or {})
-        self.pair_timeout_s = pair_timeout_s or WORKER_START_TIMEOUT_S + max(1, options.processes) * (options.timeout_s + 60)
+        self.pair_timeout_s = pair_timeout_s or WORKER_START_TIMEOUT_S + max(1, options.timing.processes) * (options.timeout_s + 60)
         self.poll_s = poll_s
         self.recheck_s = recheck_s
         self._owns_ray = False

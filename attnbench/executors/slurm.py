@@ -207,7 +207,7 @@ class SlurmExecutor:
     def _worst_case_min(self, groups: list[list[Pair]]) -> int:
         """Minutes a job may need if every round of its largest case ran into the per-pair timeout."""
         o = self.options
-        worst_s = WORKER_START_TIMEOUT_S + max(len(g) for g in groups) * max(1, o.processes) * o.timeout_s
+        worst_s = WORKER_START_TIMEOUT_S + max(len(g) for g in groups) * max(1, o.timing.processes) * o.timeout_s
         return math.ceil(worst_s / 60) + 5
 
     def _poll(self, entry: _Job, on_start: OnStart | None) -> list[Record] | None:
