@@ -14,6 +14,9 @@ from attnbench.masks import MASKS
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """What ``build`` returns: ``(q, k, v) -> out`` in the declared layout."""
 
+MemoryModel = Callable[[Case], int]
+"""``memory(case) -> bytes``: an implementation's workspace beyond the resident q, k, v, output (and gradients)."""
+
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9][a-z0-9_\-]*)*$")
 LAYOUTS = ("bhsd", "bshd")
 DEVICES = ("cpu", "cuda")
@@ -54,6 +57,10 @@ class Implementation:
       error is reported without a verdict.
     - ``ranked``: False keeps it off leaderboards (the float64 reference).
     - ``params``: the knobs an approximate implementation was built with.
+    - ``memory``: ``memory(case) -> int``, the bytes one call needs beyond the
+      resident q, k, v, output (and dO and the gradients in backward), forward
+      and backward together; the budget pre-check adds it to those. None: a
+      fused kernel's statistics and blocks (``fused_workspace_bytes``).
     """
 
     name: str
@@ -70,6 +77,7 @@ class Implementation:
     exact: bool = True
     ranked: bool = True
     params: dict = field(default_factory=dict)
+    memory: MemoryModel | None = None
     plugin: str = ""
     version: str = ""
 
@@ -80,6 +88,8 @@ class Implementation:
             )
         if not callable(self.build):
             raise ValueError(f"implementation {self.name}: build must be callable, got {type(self.build).__name__}")
+        if self.memory is not None and not callable(self.memory):
+            raise ValueError(f"implementation {self.name}: memory must be callable or None, got {type(self.memory).__name__}")
         object.__setattr__(self, "devices", _frozen(self.name, "devices", self.devices, DEVICES))
         object.__setattr__(self, "masks", _frozen(self.name, "masks", self.masks, MASKS))
         dtypes = frozenset(self.dtypes)

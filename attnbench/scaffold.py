@@ -60,7 +60,8 @@ MODULE = '''\
 Plain attention in PyTorch (scores, mask, softmax, weighted sum, with float32
 arithmetic whatever the input dtype), correct and declared truthfully. Put your
 kernel in ``build`` and keep the declarations in ``attnbench_implementations``
-true: attnbench holds you to them.
+true: attnbench holds you to them. ``workspace_bytes`` tells attnbench how much
+memory a call needs, so a run skips what would not fit its budget.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from __future__ import annotations
 import torch
 
 from attnbench import Case, Implementation, Unsupported, hookimpl
+from attnbench.measure.memory import materialized_workspace_bytes
 
 MASKS = {"none", "causal", "sliding_window"}
 
@@ -114,6 +116,16 @@ def build(case: Case):
     return attention
 
 
+def workspace_bytes(case: Case) -> int:
+    """Memory a call needs beyond q, k, v and the output (and their gradients), which attnbench adds.
+
+    This kernel materialises float32 scores. Change it with the kernel (or drop
+    ``memory=`` for a fused kernel's estimate): a close upper bound, as too low
+    lets a case crash and too high skips one that fits.
+    """
+    return materialized_workspace_bytes(case, itemsize=4)
+
+
 @hookimpl
 def attnbench_implementations() -> list[Implementation]:
     return [
@@ -128,6 +140,7 @@ def attnbench_implementations() -> list[Implementation]:
             cross=True,  # accepts seq_q != seq_kv
             backward=True,  # plain autograd ops: differentiable w.r.t. q, k and v
             exact=True,  # exact attention: judged by the pass rule (False: error reported, no verdict)
+            memory=workspace_bytes,  # for the memory budget (None: attnbench assumes a fused kernel's workspace)
         )
     ]
 '''
@@ -224,7 +237,10 @@ attnbench run path/to/suite.yaml --impl '$name.*' --impl sdpa
 2. Declare what it supports (`devices`, `dtypes`, `masks`, `gqa`, `cross`, `backward`,
    `layout`, `out`, `exact`), truthfully: attnbench skips anything else without building,
    and holds you to what you declare.
-3. Run `pytest` after every change.
+3. Update `workspace_bytes`, the memory a call needs beyond its inputs and output, so that
+   `attnbench run --memory-budget` skips the cases that would not fit (or drop `memory=`
+   for a fused kernel's estimate).
+4. Run `pytest` after every change.
 """
 
 FILES = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import inspect
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from attnbench import hookspecs
+from attnbench.implementation import Implementation
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -71,6 +73,16 @@ def test_every_hook_is_documented_with_its_signature(name):
 def test_every_documented_hook_exists():
     documented = {h.split("(")[0] for h in _headings() if re.match(r"attnbench_\w+\(", h)}
     assert documented == set(_hookspecs())
+
+
+def test_every_implementation_field_is_in_the_reference_table():
+    text = (DOCS / "hooks.md").read_text(encoding="utf-8")
+    section = text.split("\n## Implementation\n", 1)[1].split("\n## ", 1)[0]
+    # A table row names one field, or several as `plugin`, `version`.
+    documented = {name for row in re.findall(r"^\| ((?:`\w+`(?:, )?)+) \|", section, re.MULTILINE)
+                  for name in re.findall(r"`(\w+)`", row)}
+    missing = {f.name for f in dataclasses.fields(Implementation)} - documented
+    assert not missing, f"docs/hooks.md's Implementation table lacks {sorted(missing)}"
 
 
 INCLUDE = re.compile(r"<!-- include: (?P<path>\S+) -->\n```\w*\n(?P<code>.*?)^```$", re.DOTALL | re.MULTILINE)

@@ -1,21 +1,30 @@
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from attnbench import Case
+from attnbench.executors.local import LocalExecutor
 from attnbench.implementation import Implementation
 from attnbench.impls import chunked, eager, sdpa
+from attnbench.measure import memory
 from attnbench.measure.memory import (
     budget_bytes,
     eager_analytic_peak_bytes,
     free_bytes,
+    fused_workspace_bytes,
     parse_bytes,
     peak_bytes_cpu,
     peak_bytes_cuda,
     predict_peak_bytes,
+    resident_bytes,
     vm_hwm_bytes_during,
 )
+from attnbench.options import Correctness, Timing
+from attnbench.plugins import load_registry
+from attnbench.runner import RunOptions, plan
 
 MiB = 2**20
 IMPLS = {impl.name: impl for module in (eager, chunked, sdpa) for impl in module.attnbench_implementations()}
@@ -124,6 +133,46 @@ def test_unknown_implementations_are_predicted_as_fused():
     elem = case.dtype.itemsize
     assert fused < 3 * (2 * math.prod(case.q_shape) + 2 * math.prod(case.kv_shape)) * elem
     assert fused < predict_peak_bytes(case, IMPLS["eager"]) / 20
+
+
+def test_a_declared_model_replaces_the_fused_default():
+    case = Case(2, 8, 2, 512, 1024, 64, mask="causal", pass_="fwd+bwd")
+    declared = Implementation(name="mylib.dense", build=eager.build, memory=lambda c: 7 * c.seq_q * c.seq_kv)
+    undeclared = Implementation(name="mylib.fused", build=eager.build)
+    assert predict_peak_bytes(case, declared) == resident_bytes(case) + 7 * 512 * 1024
+    assert predict_peak_bytes(case, undeclared) == resident_bytes(case) + fused_workspace_bytes(case)
+
+
+def test_memory_must_be_callable():
+    with pytest.raises(ValueError, match="memory must be callable"):
+        Implementation(name="mylib.bad", build=eager.build, memory=1024)
+
+
+def test_the_prediction_module_knows_no_implementation():
+    # The models belong to the implementations; this module only adds them up.
+    tree = ast.parse(Path(memory.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.startswith("attnbench.impls")}
+
+
+def test_the_budget_check_uses_a_plugins_declared_model(fixture_plugins):
+    env = fixture_plugins("memory_models")
+    case = Case(1, 2, 2, 64, 64, 32)
+    budget = 2**30
+    registry = load_registry()
+    impls = registry.select(include=["memory.*"])
+    need = predict_peak_bytes(case, registry.get("memory.huge"))
+    options = RunOptions(correctness=Correctness(seeds=1), timing=Timing(processes=1, min_time_s=0.01, repeats=2, warmup=1), memory_budget_bytes=budget)
+    todo, settled = plan([case], impls, options, predict=predict_peak_bytes)
+    (skipped,) = settled
+    assert (skipped.impl, skipped.status) == ("memory.huge", "skipped")
+    assert skipped.reason == (f"predicted peak {need / 2**30:.2f} GiB exceeds the "
+                              f"memory budget {budget / 2**30:.2f} GiB")
+    assert [pair.impl.name for pair in todo] == ["memory.small"]
+    with LocalExecutor(options, env=env) as executor:
+        (record,) = executor.submit(todo)
+    assert record.status == "ok", record.reason
 
 
 def test_vm_hwm_sees_touched_memory():

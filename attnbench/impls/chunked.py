@@ -11,6 +11,8 @@ is in float32 for half-precision inputs.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,7 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 from attnbench.masks import MASKS, mask_tile, visible_bounds
+from attnbench.measure.memory import accumulation_itemsize
 
 Q_BLOCK = 1024
 KV_BLOCK = 512
@@ -120,6 +123,34 @@ def build(case: Case, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK):
     return chunked
 
 
+def workspace_bytes(case: Case, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK) -> int:
+    """Online softmax over ``q_block x kv_block`` score tiles.
+
+    Forward holds about three tiles at once (the scores, updated in place,
+    the probabilities' sum and the product's temporaries, with margin) plus
+    three output-sized tensors (the per-chunk results, their concatenation,
+    the cast) and the upcast k and v, all in the accumulation dtype (float32
+    for half inputs), and a boolean mask per tile the mask cuts through.
+    Plain autograd saves every visited tile's probabilities and the
+    accumulator it rescaled, so backward holds O(visible pairs) after all:
+    the tiles visited, counted from ``plan``, plus the tiles in flight.
+    """
+    acc = accumulation_itemsize(case)
+    q_block = min(q_block, case.seq_q)
+    kv_block = min(kv_block, case.seq_kv)
+    heads = case.batch * case.heads_q
+    tiles = [(c.q1 - c.q0, t.k1 - t.k0, t.hidden is not None)
+             for c in plan(case, q_block, kv_block, with_masks=False) for t in c.tiles]
+    upcast = 2 * math.prod(case.kv_shape) * acc if case.dtype.itemsize < acc else 0
+    mask_bytes = sum(rows * keys for rows, keys, cut in tiles if cut)
+    total = 4 * heads * q_block * kv_block * acc + 3 * math.prod(case.q_shape) * acc + upcast + mask_bytes
+    if case.needs_backward:
+        area = sum(rows * keys for rows, keys, _ in tiles)
+        # Per visited tile: its probabilities and the accumulator it rescaled.
+        total += heads * area * acc + len(tiles) * heads * q_block * case.head_dim * acc
+    return total
+
+
 @hookimpl
 def attnbench_implementations() -> list[Implementation]:
     return [
@@ -131,5 +162,6 @@ def attnbench_implementations() -> list[Implementation]:
             gqa=True,
             backward=True,
             params={"q_block": Q_BLOCK, "kv_block": KV_BLOCK},
+            memory=functools.partial(workspace_bytes, q_block=Q_BLOCK, kv_block=KV_BLOCK),
         )
     ]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 from attnbench.masks import MASKS, dense_mask
+from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, score_elements
 
 
 def build(case: Case):
@@ -31,6 +34,23 @@ def build(case: Case):
     return eager
 
 
+def workspace_bytes(case: Case) -> int:
+    """Matmul-softmax-matmul in the input dtype: two score-sized tensors forward, three in backward.
+
+    Forward holds the scores and the probabilities at once (measured: exactly
+    that). Backward holds the saved probabilities plus dP and dS. Also the
+    scaled q (saved for backward), under GQA k and v repeated to the query
+    heads (and their gradients in backward), and the boolean mask it keeps.
+    """
+    elem = case.dtype.itemsize
+    bwd = case.needs_backward
+    total = score_elements(case) * elem * (3 if bwd else 2)
+    total += math.prod(case.q_shape) * elem + dense_mask_bytes(case)
+    if case.gqa:
+        total += 2 * kv_repeated_elements(case) * elem * (2 if bwd else 1)
+    return total
+
+
 @hookimpl
 def attnbench_implementations() -> list[Implementation]:
     return [
@@ -41,5 +61,6 @@ def attnbench_implementations() -> list[Implementation]:
             masks=frozenset(MASKS),
             gqa=True,
             backward=True,
+            memory=workspace_bytes,
         )
     ]

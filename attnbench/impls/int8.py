@@ -32,6 +32,7 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation, Unsupported
 from attnbench.masks import MASKS, dense_mask
+from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, score_elements
 
 VARIANTS = {
     "int8": (128, 64),
@@ -108,18 +109,18 @@ def build(case: Case, q_block: int | None, k_block: int | None):
     return int8
 
 
-def workspace_bytes(case: Case, impl: Implementation) -> int:
+def workspace_bytes(case: Case) -> int:
     """Memory above the inputs: the scores as int32 and float32 and two float32 rescaled copies at once.
 
     Plus the input-dtype scores and probabilities, the boolean mask and its
     negation, float32 copies of q and k while they are quantized, and v
     repeated to the query heads under GQA.
     """
-    scores = case.batch * case.heads_q * case.seq_q * case.seq_kv
+    scores = score_elements(case)
     elem = case.dtype.itemsize
     qk = math.prod(case.q_shape) + math.prod(case.kv_shape)
-    mask = 0 if case.mask == "none" else 2 * case.seq_q * case.seq_kv
-    repeated_v = math.prod(case.q_shape[:2]) * case.seq_kv * case.head_dim * elem if case.gqa else 0
+    mask = 2 * dense_mask_bytes(case)
+    repeated_v = kv_repeated_elements(case) * elem
     return scores * (8 + 2 * elem) + 6 * qk * 4 + mask + repeated_v
 
 
@@ -139,6 +140,7 @@ def attnbench_implementations() -> list[Implementation]:
             gqa=True,
             exact=False,
             params={"q_block": blocks(q_block), "k_block": blocks(k_block), "smooth_k": True},
+            memory=workspace_bytes,
         )
         for name, (q_block, k_block) in VARIANTS.items()
     ]

@@ -49,13 +49,12 @@ def build(case: Case, rank: int):
     return linformer
 
 
-def workspace_bytes(case: Case, impl: Implementation) -> int:
+def workspace_bytes(case: Case, rank: int) -> int:
     """Memory above the inputs: ``seq_q x rank`` scores and probabilities (three such in backward).
 
     Plus the projection, the projected k and v (repeated under GQA, with their
     gradients in backward) and the scaled q.
     """
-    rank = int(impl.params["rank"])
     elem = case.dtype.itemsize
     bwd = case.needs_backward
     scores = case.batch * case.heads_q * case.seq_q * rank * (3 if bwd else 2)
@@ -76,6 +75,7 @@ def attnbench_implementations() -> list[Implementation]:
             backward=True,
             exact=False,
             params={"rank": rank, "projection": "gaussian N(0, 1/rank), E = F", "seed": SEED},
+            memory=functools.partial(workspace_bytes, rank=rank),
         )
         for name, rank in RANKS.items()
     ]

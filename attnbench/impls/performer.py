@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
+from attnbench.measure.memory import accumulation_itemsize
 
 SEED = 0
 FEATURES = {"performer": 256, "performer.m64": 64, "performer.m1024": 1024}
@@ -101,7 +102,7 @@ def build(case: Case, count: int):
     return performer
 
 
-def workspace_bytes(case: Case, impl: Implementation) -> int:
+def workspace_bytes(case: Case, count: int) -> int:
     """Memory above the inputs, in the accumulation dtype, doubled for backward's saved tensors.
 
     Three feature-sized tensors per query and key row (logits, shifted, exp);
@@ -109,8 +110,7 @@ def workspace_bytes(case: Case, impl: Implementation) -> int:
     states and their prefix sums (three of each), and the within-chunk
     triangles; float32 copies of q, k and v and their scaled versions.
     """
-    count = int(impl.params["features"])
-    acc = max(case.dtype.itemsize, 4)
+    acc = accumulation_itemsize(case)
     q_rows = case.batch * case.heads_q * (case.seq_q + 2 * CHUNK)
     k_rows = case.batch * case.heads_kv * (case.seq_kv + CHUNK)
     total = 3 * (q_rows + k_rows) * count + 4 * (math.prod(case.q_shape) + 2 * math.prod(case.kv_shape))
@@ -134,6 +134,7 @@ def attnbench_implementations() -> list[Implementation]:
             backward=True,
             exact=False,
             params={"features": count, "kind": "orthogonal positive (FAVOR+)", "causal_chunk": CHUNK, "seed": SEED},
+            memory=functools.partial(workspace_bytes, count=count),
         )
         for name, count in FEATURES.items()
     ]

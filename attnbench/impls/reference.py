@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 from attnbench.masks import MASKS, dense_mask
+from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, score_elements
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
@@ -30,6 +33,19 @@ def build(case: Case):
     return reference
 
 
+def workspace_bytes(case: Case) -> int:
+    """The float64 oracle: ``eager``'s two (three in backward) score tensors at 8 bytes an element.
+
+    Plus float64 copies of q, k, v and the output before its cast, k and v
+    repeated to the query heads under GQA, gradients of all of those in
+    backward, and the boolean mask and its negation it builds.
+    """
+    bwd = case.needs_backward
+    total = score_elements(case) * 8 * (3 if bwd else 2)
+    copies = (2 * math.prod(case.q_shape) + 2 * math.prod(case.kv_shape) + 2 * kv_repeated_elements(case)) * 8
+    return total + copies * (2 if bwd else 1) + 2 * dense_mask_bytes(case)
+
+
 @hookimpl
 def attnbench_implementations() -> list[Implementation]:
     return [
@@ -41,5 +57,6 @@ def attnbench_implementations() -> list[Implementation]:
             gqa=True,
             backward=True,
             ranked=False,
+            memory=workspace_bytes,
         )
     ]

@@ -9,6 +9,7 @@ as ``Unsupported`` with the reasons torch gives.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -20,6 +21,13 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation, Unsupported
 from attnbench.masks import MASKS, dense_mask
+from attnbench.measure.memory import (
+    accumulation_itemsize,
+    dense_mask_bytes,
+    fused_workspace_bytes,
+    kv_repeated_elements,
+    score_elements,
+)
 
 BACKENDS = {
     "math": SDPBackend.MATH,
@@ -103,18 +111,65 @@ def _builder(backend_name: str | None):
     return build
 
 
+def math_workspace_bytes(case: Case) -> int:
+    """The math backend: ``eager``'s score tensors, computed in float32 for half-precision inputs.
+
+    torch upcasts half inputs in the math backend (unless
+    ``allow_fp16_bf16_reduction_math_sdp``), so scores are float32 there, and
+    its safe softmax adds a boolean score-sized tensor. Adds the upcast and
+    scaled q, k and v, k and v repeated under GQA, and, when the case is
+    masked, a boolean ``Sq x Skv`` mask and its additive float version.
+    """
+    acc = accumulation_itemsize(case)
+    bwd = case.needs_backward
+    total = score_elements(case) * (acc * (3 if bwd else 2) + 1)
+    copies = (2 * math.prod(case.q_shape) + 3 * math.prod(case.kv_shape) + 2 * kv_repeated_elements(case)) * acc
+    total += copies * (2 if bwd else 1)
+    return total + dense_mask_bytes(case) * (1 + acc)
+
+
+def fused_workspace_bytes_with_mask(case: Case) -> int:
+    """A fused backend, plus the additive mask it is given as a tensor.
+
+    A sliding window reaches the kernel as a boolean ``Sq x Skv`` tensor that
+    torch converts to the input dtype (measured on CPU: exactly that). A
+    causal mask with ``seq_q != seq_kv`` is counted the same way, as
+    ``causal_lower_right`` materialises it where no kernel takes it as is
+    (torch 2.13's CPU flash kernel does).
+    """
+    total = fused_workspace_bytes(case)
+    if case.mask == "sliding_window" or (case.mask == "causal" and case.seq_q != case.seq_kv):
+        # The memory-efficient kernel pads the key axis of the mask to a multiple of 16.
+        padded_kv = -(-case.seq_kv // 16) * 16
+        total += case.seq_q * (case.seq_kv + padded_kv * case.dtype.itemsize)
+    return total
+
+
+def dispatched_workspace_bytes(case: Case) -> int:
+    """``sdpa`` (torch choosing): a fused backend's, but the math backend's for float32 with GQA on CUDA.
+
+    Not every torch version's memory-efficient kernel takes GQA, and the flash
+    kernel takes no float32, so that case is assumed to fall back to math.
+    """
+    if case.device == "cuda" and case.dtype == torch.float32 and case.gqa:
+        return math_workspace_bytes(case)
+    return fused_workspace_bytes_with_mask(case)
+
+
 @hookimpl
 def attnbench_implementations() -> list[Implementation]:
     common = dict(masks=frozenset(MASKS), gqa=True, backward=True)
     return [
-        Implementation(name="sdpa", build=_builder(None),
+        Implementation(name="sdpa", build=_builder(None), memory=dispatched_workspace_bytes,
                        description="torch.nn.functional.scaled_dot_product_attention, torch choosing the backend.", **common),
-        Implementation(name="sdpa.math", build=_builder("math"),
+        Implementation(name="sdpa.math", build=_builder("math"), memory=math_workspace_bytes,
                        description="SDPA pinned to the math backend (composite ops, any device).", **common),
-        Implementation(name="sdpa.flash", build=_builder("flash"),
+        Implementation(name="sdpa.flash", build=_builder("flash"), memory=fused_workspace_bytes_with_mask,
                        description="SDPA pinned to the FlashAttention backend (CUDA kernel; a fused kernel on CPU too).", **common),
         Implementation(name="sdpa.efficient", build=_builder("efficient"), devices=frozenset({"cuda"}),
+                       memory=fused_workspace_bytes_with_mask,
                        description="SDPA pinned to the memory-efficient (xformers-derived) backend; CUDA only.", **common),
         Implementation(name="sdpa.cudnn", build=_builder("cudnn"), devices=frozenset({"cuda"}),
+                       memory=fused_workspace_bytes_with_mask,
                        description="SDPA pinned to the cuDNN attention backend; CUDA only.", **common),
     ]

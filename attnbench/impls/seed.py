@@ -39,6 +39,7 @@ import torch
 from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
+from attnbench.impls import eager
 
 AS_WRITTEN = ("seed.self_attention", "seed.multi_head")
 """The notes' two versions, wrong on purpose: what attnbench has to catch."""
@@ -126,6 +127,8 @@ def attnbench_implementations() -> list[Implementation]:
             build=build_self_attention_fixed,
             description="The notes' SelfAttention corrected: heads split per position, attention over positions.",
             cross=True,
+            # The corrected code is eager's matmul, softmax, matmul (without a mask).
+            memory=eager.workspace_bytes,
             **common,
         ),
     ]

@@ -14,12 +14,15 @@ half-precision inputs.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
+from attnbench.measure.memory import accumulation_itemsize
 
 QUERY_BLOCK = 64
 """Rows per block. Each row then scores window + 63 keys. Smaller blocks waste less of the span
@@ -74,7 +77,7 @@ def build(case: Case, query_block: int = QUERY_BLOCK):
     return sliding_window
 
 
-def workspace_bytes(case: Case, impl: Implementation) -> int:
+def workspace_bytes(case: Case, query_block: int = QUERY_BLOCK) -> int:
     """Memory above the inputs, in the accumulation dtype: the banded scores and probabilities (three in backward).
 
     Plus the padded, scaled queries, the padded keys and values and the key
@@ -82,9 +85,9 @@ def workspace_bytes(case: Case, impl: Implementation) -> int:
     query head of a group), and the boolean band mask, doubled for backward's
     saved tensors and gradients.
     """
-    acc = max(case.dtype.itemsize, 4)
+    acc = accumulation_itemsize(case)
     bwd = case.needs_backward
-    rows = min(int(impl.params.get("query_block", QUERY_BLOCK)), case.seq_q)
+    rows = min(query_block, case.seq_q)
     blocks = -(-case.seq_q // rows)
     span = rows + min(case.window, case.seq_kv) - 1
     scores = case.batch * case.heads_q * blocks * rows * span * (3 if bwd else 2)
@@ -105,5 +108,6 @@ def attnbench_implementations() -> list[Implementation]:
             gqa=True,
             backward=True,
             params={"query_block": QUERY_BLOCK},
+            memory=functools.partial(workspace_bytes, query_block=QUERY_BLOCK),
         )
     ]

@@ -25,7 +25,6 @@ from torch.profiler import ProfilerActivity, profile
 from attnbench.case import Case
 from attnbench.hardware import available_memory_bytes
 from attnbench.implementation import Implementation
-from attnbench.impls import chunked, int8, linformer, performer, sliding_window
 
 # --- measurement -----------------------------------------------------------
 
@@ -126,7 +125,7 @@ def eager_analytic_peak_bytes(case: Case) -> int:
     if case.needs_backward:
         raise ValueError(f"the analytic eager peak is for the forward pass, not {case.pass_}")
     elem = case.dtype.itemsize
-    total = 2 * _score_elems(case) * elem + math.prod(case.q_shape) * elem
+    total = 2 * score_elements(case) * elem + math.prod(case.q_shape) * elem
     if case.gqa:
         total += 2 * case.batch * case.heads_q * case.seq_kv * case.head_dim * elem
     return total
@@ -135,13 +134,12 @@ def eager_analytic_peak_bytes(case: Case) -> int:
 # --- prediction --------------------------------------------------------------
 #
 # predict_peak_bytes = resident_bytes (what the call and its caller hold whatever
-# the algorithm) + a workspace model chosen by implementation name. Each model
-# is calibrated against peak_bytes_cpu on torch 2.13 and rounded up: the point
-# is to never under-predict a case that would not fit, while staying within a
-# small factor of the truth so that cases that do fit are not skipped.
-
-WorkspaceModel = Callable[[Case, Implementation], int]
-"""Bytes an implementation needs beyond ``resident_bytes`` for one case, forward and backward included."""
+# the algorithm) + the implementation's own workspace model (``Implementation.memory``),
+# else a fused kernel's. The helpers below are what those models are built from;
+# the built-ins' models live next to their kernels (attnbench.impls.*). Each is
+# calibrated against peak_bytes_cpu on torch 2.13 and rounded up: the point is to
+# never under-predict a case that would not fit, while staying within a small
+# factor of the truth so that cases that do fit are not skipped.
 
 # The CPU flash kernel's per-thread blocks (aten/native/cpu/FlashAttentionKernel.cpp
 # splits queries by up to 256 rows and keys by up to 512 columns).
@@ -160,16 +158,37 @@ def resident_bytes(case: Case) -> int:
     return total
 
 
-def fused_workspace_bytes(case: Case, impl: Implementation) -> int:
+def score_elements(case: Case) -> int:
+    """Elements of one ``B x Hq x Sq x Skv`` score tensor."""
+    return case.batch * case.heads_q * case.seq_q * case.seq_kv
+
+
+def dense_mask_bytes(case: Case) -> int:
+    """A boolean ``Sq x Skv`` mask, as the materialising implementations build one; 0 without a mask."""
+    return 0 if case.mask == "none" else case.seq_q * case.seq_kv
+
+
+def kv_repeated_elements(case: Case) -> int:
+    """Elements of k (or v) repeated to the query heads; 0 without GQA, where nothing is repeated."""
+    return case.batch * case.heads_q * case.seq_kv * case.head_dim if case.gqa else 0
+
+
+def accumulation_itemsize(case: Case) -> int:
+    """Bytes an element of the accumulation dtype takes: float32 for half-precision inputs, else the input's."""
+    return max(case.dtype.itemsize, 4)
+
+
+def fused_workspace_bytes(case: Case) -> int:
     """A fused kernel (FlashAttention-style): per-row softmax statistics and block buffers, never the scores.
 
-    Statistics: float32 max/sum (log-sum-exp) per query row, twice for
-    backward (the delta term). Backward also gets a float32 dq accumulator
-    and, on CUDA under GQA, dk/dv expanded to the query heads before they are
-    summed (FlashAttention-2 does so; counted as float32). On CPU each thread
-    holds a query-split x key-split block (float32, and a half-precision copy)
-    and a query-split x head_dim accumulator, twice that in backward
-    (measured on torch 2.13: 0.56 MiB a thread forward at head_dim 64, float32).
+    The model of any implementation that declares none. Statistics: float32
+    max/sum (log-sum-exp) per query row, twice for backward (the delta term).
+    Backward also gets a float32 dq accumulator and, on CUDA under GQA, dk/dv
+    expanded to the query heads before they are summed (FlashAttention-2 does
+    so; counted as float32). On CPU each thread holds a query-split x key-split
+    block (float32, and a half-precision copy) and a query-split x head_dim
+    accumulator, twice that in backward (measured on torch 2.13: 0.56 MiB a
+    thread forward at head_dim 64, float32).
     """
     rows = case.batch * case.heads_q * case.seq_q
     bwd = case.needs_backward
@@ -186,158 +205,33 @@ def fused_workspace_bytes(case: Case, impl: Implementation) -> int:
     return total
 
 
-def eager_workspace_bytes(case: Case, impl: Implementation) -> int:
-    """Matmul-softmax-matmul in the input dtype: two score-sized tensors forward, three in backward.
+def materialized_workspace_bytes(case: Case, itemsize: int) -> int:
+    """Attention written out (matmul, softmax, matmul under autograd) with ``itemsize``-byte scores.
 
-    Forward holds the scores and the probabilities at once (measured: exactly
-    that). Backward holds the saved probabilities plus dP and dS. Also the
-    scaled q (saved for backward), under GQA k and v repeated to the query
-    heads (and their gradients in backward), and the boolean mask it keeps.
-    """
-    elem = case.dtype.itemsize
-    bwd = case.needs_backward
-    total = _score_elems(case) * elem * (3 if bwd else 2)
-    total += math.prod(case.q_shape) * elem + _dense_mask_bytes(case)
-    if case.gqa:
-        total += 2 * _kv_repeated_elems(case) * elem * (2 if bwd else 1)
-    return total
-
-
-def reference_workspace_bytes(case: Case, impl: Implementation) -> int:
-    """The float64 oracle: ``eager``'s two (three in backward) score tensors at 8 bytes an element.
-
-    Plus float64 copies of q, k, v and the output before its cast, k and v
-    repeated to the query heads under GQA, gradients of all of those in
-    backward, and the boolean mask and its negation it builds.
+    Two score-sized tensors at once forward (scores and weights), three in
+    backward (the saved weights and their gradients); copies of q, k, v and
+    the output in that precision (and their gradients), k and v repeated
+    under GQA in the input dtype, and the boolean mask and its negation.
+    Measured on torch 2.13 for float32 arithmetic: 1.1x to 2x the peak.
     """
     bwd = case.needs_backward
-    total = _score_elems(case) * 8 * (3 if bwd else 2)
-    copies = (2 * math.prod(case.q_shape) + 2 * math.prod(case.kv_shape) + 2 * _kv_repeated_elems(case)) * 8
-    return total + copies * (2 if bwd else 1) + 2 * _dense_mask_bytes(case)
-
-
-def math_workspace_bytes(case: Case, impl: Implementation) -> int:
-    """SDPA's math backend: ``eager``'s score tensors, computed in float32 for half-precision inputs.
-
-    torch upcasts half inputs in the math backend (unless
-    ``allow_fp16_bf16_reduction_math_sdp``), so scores are float32 there, and
-    its safe softmax adds a boolean score-sized tensor. Adds the upcast and
-    scaled q, k and v, k and v repeated under GQA, and, when the case is
-    masked, a boolean ``Sq x Skv`` mask and its additive float version.
-    """
-    acc = _accumulation_itemsize(case)
-    bwd = case.needs_backward
-    total = _score_elems(case) * (acc * (3 if bwd else 2) + 1)
-    copies = (2 * math.prod(case.q_shape) + 3 * math.prod(case.kv_shape) + 2 * _kv_repeated_elems(case)) * acc
-    total += copies * (2 if bwd else 1)
-    return total + _dense_mask_bytes(case) * (1 + acc)
-
-
-def sdpa_workspace_bytes(case: Case, impl: Implementation) -> int:
-    """SDPA with a fused backend, plus the additive mask it is given as a tensor.
-
-    A sliding window reaches the kernel as a boolean ``Sq x Skv`` tensor that
-    torch converts to the input dtype (measured on CPU: exactly that). A
-    causal mask with ``seq_q != seq_kv`` is counted the same way, as
-    ``causal_lower_right`` materialises it where no kernel takes it as is
-    (torch 2.13's CPU flash kernel does).
-    For ``sdpa`` (torch choosing) on CUDA, float32 with GQA is assumed to fall
-    back to the math backend: not every torch version's memory-efficient
-    kernel takes GQA, and the flash kernel takes no float32.
-    """
-    if impl.name == "sdpa" and case.device == "cuda" and case.dtype == torch.float32 and case.gqa:
-        return math_workspace_bytes(case, impl)
-    total = fused_workspace_bytes(case, impl)
-    if case.mask == "sliding_window" or (case.mask == "causal" and case.seq_q != case.seq_kv):
-        # The memory-efficient kernel pads the key axis of the mask to a multiple of 16.
-        padded_kv = -(-case.seq_kv // 16) * 16
-        total += case.seq_q * (case.seq_kv + padded_kv * case.dtype.itemsize)
-    return total
-
-
-def chunked_workspace_bytes(case: Case, impl: Implementation) -> int:
-    """Online softmax over ``q_block x kv_block`` score tiles (``impl.params``, else ``chunked``'s defaults).
-
-    Forward holds about three tiles at once (the scores, updated in place,
-    the probabilities' sum and the product's temporaries, with margin) plus
-    three output-sized tensors (the per-chunk results, their concatenation,
-    the cast) and the upcast k and v, all in the accumulation dtype (float32
-    for half inputs), and a boolean mask per tile the mask cuts through.
-    Plain autograd saves every visited tile's probabilities and the
-    accumulator it rescaled, so backward holds O(visible pairs) after all:
-    the tiles visited, counted from ``chunked.plan``, plus the tiles in flight.
-    """
-    acc = _accumulation_itemsize(case)
-    q_block = min(int(impl.params.get("q_block", chunked.Q_BLOCK)), case.seq_q)
-    kv_block = min(int(impl.params.get("kv_block", chunked.KV_BLOCK)), case.seq_kv)
-    heads = case.batch * case.heads_q
-    tiles = [(c.q1 - c.q0, t.k1 - t.k0, t.hidden is not None)
-             for c in chunked.plan(case, q_block, kv_block, with_masks=False) for t in c.tiles]
-    upcast = 2 * math.prod(case.kv_shape) * acc if case.dtype.itemsize < acc else 0
-    mask_bytes = sum(rows * keys for rows, keys, cut in tiles if cut)
-    total = 4 * heads * q_block * kv_block * acc + 3 * math.prod(case.q_shape) * acc + upcast + mask_bytes
-    if case.needs_backward:
-        area = sum(rows * keys for rows, keys, _ in tiles)
-        # Per visited tile: its probabilities and the accumulator it rescaled.
-        total += heads * area * acc + len(tiles) * heads * q_block * case.head_dim * acc
-    return total
-
-
-WORKSPACE_MODELS: dict[str, WorkspaceModel] = {
-    "eager": eager_workspace_bytes,
-    "reference": reference_workspace_bytes,
-    "sdpa.math": math_workspace_bytes,
-    "sdpa": sdpa_workspace_bytes,
-    "sdpa.flash": sdpa_workspace_bytes,
-    "sdpa.efficient": sdpa_workspace_bytes,
-    "sdpa.cudnn": sdpa_workspace_bytes,
-    "chunked": chunked_workspace_bytes,
-    "sliding_window": sliding_window.workspace_bytes,
-    **dict.fromkeys(linformer.RANKS, linformer.workspace_bytes),
-    **dict.fromkeys(int8.VARIANTS, int8.workspace_bytes),
-    **dict.fromkeys(performer.FEATURES, performer.workspace_bytes),
-    # The corrected seed code is eager's matmul, softmax, matmul (without a mask).
-    "seed.self_attention_fixed": eager_workspace_bytes,
-}
-"""Workspace models by implementation name; a plugin may add its own entry."""
-
-
-def workspace_model(impl: Implementation) -> WorkspaceModel:
-    """The model for ``impl``: its entry in ``WORKSPACE_MODELS``, else a fused kernel's."""
-    # Were Implementation to declare its own estimate, it would be looked up here first.
-    return WORKSPACE_MODELS.get(impl.name, fused_workspace_bytes)
+    scores = score_elements(case) * itemsize * (3 if bwd else 2)
+    kv = max(kv_repeated_elements(case), math.prod(case.kv_shape))
+    copies = (2 * math.prod(case.q_shape) + 2 * kv) * itemsize + 2 * kv_repeated_elements(case) * case.dtype.itemsize
+    return scores + copies * (2 if bwd else 1) + 2 * dense_mask_bytes(case)
 
 
 def predict_peak_bytes(case: Case, impl: Implementation) -> int:
     """Conservative peak bytes of running ``case`` with ``impl``, inputs included.
 
     ``resident_bytes`` (q, k, v, output, and dO and the gradients when the
-    case runs backward) + ``workspace_model(impl)``:
-    score-sized tensors for implementations that materialise scores (eager,
-    reference in float64, sdpa.math in float32 or wider), blocks for chunked,
-    statistics and per-thread blocks for fused kernels (sdpa's and any
-    implementation the table does not know). The whole call is covered,
-    forward and backward together, whichever pass the case times.
+    case runs backward) + ``impl.memory(case)``, the workspace the
+    implementation declares, or ``fused_workspace_bytes`` when it declares
+    none. The whole call is covered, forward and backward together, whichever
+    pass the case times.
     """
-    return resident_bytes(case) + workspace_model(impl)(case, impl)
-
-
-def _score_elems(case: Case) -> int:
-    return case.batch * case.heads_q * case.seq_q * case.seq_kv
-
-
-def _dense_mask_bytes(case: Case) -> int:
-    """A boolean ``Sq x Skv`` mask, as the materialising implementations build one."""
-    return 0 if case.mask == "none" else case.seq_q * case.seq_kv
-
-
-def _kv_repeated_elems(case: Case) -> int:
-    """Elements of k (or v) repeated to the query heads; 0 without GQA, where nothing is repeated."""
-    return case.batch * case.heads_q * case.seq_kv * case.head_dim if case.gqa else 0
-
-
-def _accumulation_itemsize(case: Case) -> int:
-    return max(case.dtype.itemsize, 4)
+    workspace = impl.memory or fused_workspace_bytes
+    return resident_bytes(case) + workspace(case)
 
 
 # --- budget --------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 
 from attnbench import Case, Unsupported
 from attnbench.impls.reference import reference_attention
+from attnbench.measure.memory import peak_bytes_cpu, predict_peak_bytes
 from attnbench.plugins import load_registry
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 2e-3}
@@ -76,3 +77,25 @@ def test_registered_with_truthful_capabilities(registry):
     assert "mask sliding_window" in impl.declines(window)
     with pytest.raises(Unsupported, match="sliding_window"):
         impl.build(window)
+
+
+@pytest.mark.parametrize("case", [
+    Case(1, 4, 4, 512, 512, 64),
+    Case(1, 8, 2, 256, 512, 64, dtype=torch.bfloat16, mask="causal", pass_="fwd+bwd"),
+], ids=Case.label)
+def test_memory_model_is_a_close_upper_bound(registry, case):
+    """The declared model, plus the inputs and output attnbench adds, covers the measured peak without waste."""
+    impl = registry.get("example.naive")
+    fn = impl.build(case)
+    q, k, v, grad_out = inputs(case)
+    given = (q, k, v, grad_out) if case.needs_backward else (q, k, v)
+    held = sum(t.numel() * t.element_size() for t in given)  # allocated before the call, so not measured
+    if case.needs_backward:
+        run(fn, q, k, v, grad_out)  # warm-up: one-time allocations are not the call's
+        measured = peak_bytes_cpu(lambda: run(fn, q, k, v, grad_out))
+    else:
+        with torch.no_grad():
+            fn(q, k, v)
+            measured = peak_bytes_cpu(lambda: fn(q, k, v))
+    predicted = predict_peak_bytes(case, impl)
+    assert measured + held <= predicted < 2 * (measured + held)

@@ -11,6 +11,9 @@ dtype. It shows the three things a plugin provides:
    so attnbench can skip other cases without building.
 3. A ``@hookimpl`` function named ``attnbench_implementations``, found through
    the ``attnbench`` entry point in ``pyproject.toml``.
+
+Optionally, ``memory``: what a call needs beyond its inputs and output, so a
+run skips a case that would not fit its memory budget instead of crashing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from attnbench import Case, Implementation, Unsupported, hookimpl
+from attnbench.measure.memory import materialized_workspace_bytes
 
 
 def causal_mask(seq_q: int, seq_kv: int, device: str | torch.device) -> torch.Tensor:
@@ -55,6 +59,17 @@ def build(case: Case):
     return naive
 
 
+def workspace_bytes(case: Case) -> int:
+    """Bytes a call holds beyond q, k, v and the output (and their gradients), which attnbench adds.
+
+    ``naive`` materialises the scores in float32: attnbench's model of attention
+    written out fits it (calibrated against ``attnbench.measure.memory.peak_bytes_cpu``).
+    A model should be a close upper bound: too low lets a case that does not fit
+    run out of memory, too high skips one that would have fit.
+    """
+    return materialized_workspace_bytes(case, itemsize=4)
+
+
 @hookimpl
 def attnbench_implementations() -> list[Implementation]:
     return [
@@ -68,5 +83,6 @@ def attnbench_implementations() -> list[Implementation]:
             gqa=True,  # accepts heads_kv < heads_q
             cross=True,  # accepts seq_q != seq_kv (causal bottom-right aligned)
             backward=True,  # plain autograd ops, so differentiable w.r.t. q, k and v
+            memory=workspace_bytes,  # for the memory-budget check; without it attnbench assumes a fused kernel
         )
     ]
