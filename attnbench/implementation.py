@@ -138,6 +138,16 @@ class Implementation:
         }
 
 
+def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A ``(batch, heads, seq, head_dim)`` tensor as an implementation of ``layout`` takes it (contiguous)."""
+    return t.transpose(1, 2).contiguous() if layout == "bshd" else t
+
+
+def from_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """An implementation's output (or gradient) in ``layout`` back as ``(batch, heads, seq, head_dim)``."""
+    return t.transpose(1, 2) if layout == "bshd" else t
+
+
 def _frozen(impl: str, what: str, values: Iterable[str], allowed: Iterable[str]) -> frozenset[str]:
     if isinstance(values, str):
         values = [values]

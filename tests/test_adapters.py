@@ -1,4 +1,4 @@
-"""The CPU adapter as a user gets it: pip-installed into a fresh venv and measured by ``attnbench run``."""
+"""Adapters: the check their own tests share, and the CPU adapter as a user gets it (pip-installed, then run)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ import sys
 import pytest
 import torch
 from test_fresh_install import COPY_IGNORE, REPO, run
+
+from attnbench.case import Case
+from attnbench.conformance import GPU_SHAPES, forward_backward_problem
+from attnbench.impls import eager
 
 ADAPTER = REPO / "plugins" / "attnbench-local-attention"
 SUITE = """\
@@ -25,6 +29,34 @@ include_cases:
   - {seq: 80, mask: sliding_window, window: 20, pass: fwd+bwd}
 timing: {warmup: 1, min_time_s: 0.01, repeats: 1}
 """
+
+
+CASE = Case(1, 4, 2, 48, 80, 32, mask="causal", pass_="fwd+bwd")
+
+
+def test_shared_check_passes_correct_attention_in_either_layout():
+    assert forward_backward_problem(eager.build(CASE), CASE) is None
+    fn = eager.build(CASE)
+
+    def bshd(q, k, v):
+        return fn(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+
+    assert forward_backward_problem(bshd, CASE, "bshd") is None
+
+
+def test_shared_check_names_the_failing_tensor():
+    fn = eager.build(CASE)
+    assert forward_backward_problem(lambda q, k, v: fn(q * 1.25, k, v), CASE).startswith("out: rel-L2 error")
+    # Right output, gradient of q lost.
+    assert forward_backward_problem(lambda q, k, v: fn(q.detach(), k, v) + 0 * q, CASE).startswith("dq: ")
+    assert "shape" in forward_backward_problem(lambda q, k, v: fn(q, k, v)[:, :, 1:], CASE)
+    with pytest.raises(ValueError, match="backward"):
+        forward_backward_problem(fn, Case(1, 2, 2, 8, 8, 16))
+
+
+def test_gpu_shapes_are_cases():
+    for shape in GPU_SHAPES.values():
+        assert Case(**shape, device="cuda", pass_="fwd+bwd").needs_backward
 
 
 @pytest.mark.slow
