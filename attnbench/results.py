@@ -1,7 +1,8 @@
-"""Results: the record and run schema, the crash-safe journal, JSON I/O and the pandas view.
+"""Results: the record, the crash-safe journal, JSON I/O and the pandas view.
 
 ``results.json`` holds ``{"schema": SCHEMA_VERSION, "run": {...}, "records": [...]}``;
-docs/results.md documents every field. The journal (``journal.jsonl``) gets
+docs/results.md documents every field, and ``read_results`` refuses a file that
+does not fit them (``results_schema``). The journal (``journal.jsonl``) gets
 each record as it is measured, flushed and fsynced, so a killed run loses at
 most the pair in flight and ``--resume`` can pick up from it.
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "incorrect", "unsupported", "skipped", "error", "oom", "timeout", "crashed",
-            "preempted", "infeasible", "node_lost")
+# SCHEMA_VERSION and STATUSES live with the schema's checks; importing them from here keeps working.
+from attnbench.results_schema import SCHEMA_VERSION, STATUSES, ResultsError, check
+
 MEASURED = ("ok", "incorrect")
 """Statuses that carry timings."""
 FAILURES = ("incorrect", "error", "timeout", "crashed")
@@ -104,19 +105,29 @@ class Journal:
         return records
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file in the same directory and rename it over ``path``."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file in the same directory, fsync it and rename it over ``path``.
+
+    The temporary file is opened with mode 0666 less the umask, as any file the user writes
+    (mkstemp's 0600 would leave results.json and index.html unreadable to the group or a web server).
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_finite(data), f, indent=1)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON atomically (``write_text_atomic``), non-finite floats as null."""
+    write_text_atomic(path, json.dumps(_finite(data), indent=1))
 
 
 def write_results(path: Path, run: dict, records: list[Record]) -> None:
@@ -125,12 +136,32 @@ def write_results(path: Path, run: dict, records: list[Record]) -> None:
 
 
 def read_results(path: str | os.PathLike) -> dict:
-    """Parse a results.json, checking its schema version."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "records" not in data:
-        raise ValueError(f"{path}: not an attnbench results file (no 'records')")
-    if data.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: results schema {data.get('schema')!r}, this attnbench reads {SCHEMA_VERSION}")
+    """Parse a results.json and check it against the schema (``results_schema.check``).
+
+    Anything but a file attnbench could have written is a ResultsError naming the file and
+    what is wrong where; a missing file is FileNotFoundError, for the caller to word.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start:exc.start + 1]!r})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        cut = " (the file ends early: truncated?)" if exc.pos >= len(text.rstrip()) else ""
+        raise ResultsError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{cut}") from None
+    except RecursionError:
+        # json recurses once per level and gives up near the interpreter's recursion limit (~1000).
+        raise ResultsError(f"{path}: nested too deeply to be a results file") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ResultsError(f"{path}: not valid JSON: {exc}") from None
+    check(data, str(path))
     return data
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,7 +31,7 @@ from attnbench.report.quality import quality_views, task_boards, without_tasks
 from attnbench.report.rank import CONFIDENCE, REPLICATES, Leaderboard, leaderboard
 from attnbench.report.runs import Entry, Run, family_key, group_runs, load_runs
 from attnbench.report.speedup import noise, speedup
-from attnbench.results import MEASURED
+from attnbench.results import MEASURED, write_text_atomic
 
 PAGE_NAME = "index.html"
 FILTERS = (("hardware", 0, "hardware"), ("seq", 2, "sequence length"), ("dtype", 3, "dtype"), ("mask", 4, "mask"),
@@ -88,14 +87,7 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     page = out / PAGE_NAME
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{PAGE_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.replace(tmp, page)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(page, html)
     return page
 
 

@@ -68,7 +68,9 @@ class TaskLine:
 
     @property
     def accuracy(self) -> float | None:
-        return self.metric("accuracy_mean")
+        """Mean accuracy over the seeds; None unless its std, min and max are numbers too, as the tables show them."""
+        mean, *spread = (self.metric(f"accuracy_{stat}") for stat in ("mean", "std", "min", "max"))
+        return None if None in spread else mean
 
     @property
     def step_ms(self) -> float | None:

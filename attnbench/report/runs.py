@@ -104,7 +104,10 @@ class Group:
 
 
 def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
-    """Read each results file (or run directory holding one); a bad file is a UserError naming it."""
+    """Read each results file (or run directory holding one); a bad file is a UserError naming it.
+
+    ``read_results`` checks each file against the schema first, so what follows may index what it documents.
+    """
     runs = []
     for given in paths:
         path = Path(given)
@@ -112,12 +115,10 @@ def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
             path = path / RESULTS_NAME
         try:
             data = read_results(path)
-            records = [Record.from_dict(r) for r in data["records"]]
         except FileNotFoundError:
             raise UserError(f"{given}: no such results file (give a results.json or a run directory)") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise UserError(f"{given}: {exc}") from None
-        runs.append(Run(info=data.get("run") or {}, records=records, source=path))
+        records = [Record.from_dict(r) for r in data["records"]]
+        runs.append(Run(info=data["run"], records=records, source=path))
     return runs
 
 

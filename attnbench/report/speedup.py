@@ -10,7 +10,8 @@ def noise(record: Record) -> float:
     m = record.metrics
     if not m.get("time_ms_median"):
         return 0.0
-    return max(m.get("time_ms_iqr", 0.0) / m["time_ms_median"], m.get("process_spread", 0.0))
+    # null (a non-finite figure, as the writer stores it) counts as no noise measured.
+    return max((m.get("time_ms_iqr") or 0.0) / m["time_ms_median"], m.get("process_spread") or 0.0)
 
 
 def speedup(record: Record, baseline: Record | None) -> tuple[float, bool] | None:

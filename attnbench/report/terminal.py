@@ -35,8 +35,8 @@ def case_table(label: str, records: list[Record], baseline_name: str | None) -> 
         m = r.metrics
         cells = [escape(r.impl)]
         if m.get("time_ms_median"):
-            cells.append(f"{format_time(m['time_ms_median'])} ± {100 * m.get('time_ms_iqr', 0) / m['time_ms_median']:.0f}%")
-            cells.append(f"{m['tflops']:.3g}")
+            cells.append(f"{format_time(m['time_ms_median'])} ± {100 * (m.get('time_ms_iqr') or 0) / m['time_ms_median']:.0f}%")
+            cells.append("" if m.get("tflops") is None else f"{m['tflops']:.3g}")
             sp = speedup(r, baseline)
             cells.append("" if sp is None else (f"{sp[0]:.2f}x" if sp[1] else f"≈{sp[0]:.2f}x"))
         else:
