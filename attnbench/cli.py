@@ -41,13 +41,14 @@ def _cmd_plugins(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_list(args: argparse.Namespace, console: Console) -> int:
     from attnbench.plugins import load_registry
+    from attnbench.textsafe import plain
 
     registry = load_registry()
     caps = [impl.capabilities() for impl in registry.implementations.values()]
     if args.json:
         print(json.dumps(caps, indent=2))
         for p in registry.failures:
-            print(f"attnbench: plugin {p.name} failed: {'; '.join(p.errors)}", file=sys.stderr)
+            print(plain(f"attnbench: plugin {p.name} failed: {'; '.join(p.errors)}"), file=sys.stderr)
         return EXIT_OK
     table = Table(title="attnbench implementations")
     table.add_column("name", no_wrap=True)
@@ -160,11 +161,11 @@ def _cmd_new_plugin(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _escape(text: str) -> str:
-    """Plugin-supplied text is shown as text, never as rich markup."""
-    from rich.markup import escape
+def _escape(text: object) -> str:
+    """Foreign text (plugins, suites, results files, paths) is shown as text: no rich markup, no control characters."""
+    from attnbench.textsafe import markup
 
-    return escape(str(text))
+    return markup(text, keep_lines=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,8 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="leave out matching implementations (repeatable)")
     p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
                    help="only cases whose FIELD (batch, seq_q, dtype, mask, pass, ...) is one of the values (repeatable)")
-    p.add_argument("--output", metavar="PATH", help="results file (.json) or run directory; default reports/<suite>/<run-id>/")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run: measure only what its journal lacks")
+    p.add_argument("--output", metavar="PATH", help="a run directory (journal.jsonl, results.json, index.html), or FILE.json "
+                   "(with FILE.journal.jsonl and FILE.html beside it); must not hold an earlier run; "
+                   "default reports/<suite>/<run-id>/")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its directory or FILE.json), made with the "
+                   "same suite, attnbench and options: measure only what its journal lacks")
     p.add_argument("--seed", type=int, default=0, help="base seed for inputs (default 0)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="per-pair timeout (default: the suite's)")
     p.add_argument("--memory-budget", metavar="FRACTION|BYTES", help="skip cases predicted to need more (e.g. 0.8 or 16GiB)")

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from attnbench.report.format import case_label, format_time
 from attnbench.report.runs import Run
 from attnbench.report.speedup import noise
 from attnbench.results import FAILURES, MEASURED, Record, pair_key
+from attnbench.textsafe import markup
 
 EXIT_REGRESSION = 4
 
@@ -100,16 +100,16 @@ def _pct(ratio: float) -> str:
 
 
 def _change_table(title: str, changes: list[Change]) -> Table:
-    table = Table(title=escape(title), title_justify="left")
+    table = Table(title=markup(title), title_justify="left")
     for name, justify in (("implementation", "left"), ("case", "left"), ("base", "right"), ("new", "right"),
                           ("change", "right"), ("noise", "right"), ("verdict", "left"), ("status", "left")):
         table.add_column(name, justify=justify)
     for c in changes:
         times = [format_time(r.metrics["time_ms_median"]) if r and r.metrics.get("time_ms_median") else "" for r in (c.base, c.new)]
-        status = " → ".join(escape(r.status if r else "—") for r in (c.base, c.new))
+        status = " → ".join(markup(r.status if r else "—") for r in (c.base, c.new))
         if c.new is not None and c.new.status != "ok" and c.new.reason:
-            status += f" [dim]{escape(c.new.reason.splitlines()[0])}[/]"
-        table.add_row(escape(c.impl), escape(c.label), *times, "" if c.ratio is None else _pct(c.ratio),
+            status += f" [dim]{markup(c.new.reason.splitlines()[0])}[/]"
+        table.add_row(markup(c.impl), markup(c.label), *times, "" if c.ratio is None else _pct(c.ratio),
                       "" if c.noise is None else f"±{100 * c.noise:.0f}%", c.verdict, status)
     return table
 
@@ -118,8 +118,8 @@ def print_comparison(console: Console, base: Run, new: Run, changes: list[Change
                      every_pair: bool = False) -> None:
     """Regressions, improvements, status changes (or, with ``every_pair``, every pair), a per-implementation
     summary and the counts."""
-    console.print(f"[bold]base[/] {escape(base.id)} ({escape(base.hardware)}, torch {escape(base.torch)}) → "
-                  f"[bold]new[/] {escape(new.id)} ({escape(new.hardware)}, torch {escape(new.torch)})")
+    console.print(f"[bold]base[/] {markup(base.id)} ({markup(base.hardware)}, torch {markup(base.torch)}) → "
+                  f"[bold]new[/] {markup(new.id)} ({markup(new.hardware)}, torch {markup(new.torch)})")
     if every_pair:
         console.print(_change_table("Every pair", changes))
     sections = (
@@ -144,7 +144,7 @@ def print_comparison(console: Console, base: Run, new: Run, changes: list[Change
             table.add_column(name, justify=justify)
         for impl, ratios in sorted(timed.items()):
             mine = [c for c in changes if c.impl == impl]
-            table.add_row(escape(impl), str(len(ratios)), _pct(math.exp(statistics.fmean(math.log(r) for r in ratios))),
+            table.add_row(markup(impl), str(len(ratios)), _pct(math.exp(statistics.fmean(math.log(r) for r in ratios))),
                           *(str(sum(c.verdict == v for c in mine)) for v in (SLOWER, FASTER, NOISE)))
         console.print(table)
     counts = {v: sum(c.verdict == v for c in changes) for v in (SLOWER, FASTER, NOISE, BROKE, FIXED, CHANGED, ONLY_BASE, ONLY_NEW, UNTIMED)}

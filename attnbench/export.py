@@ -2,7 +2,10 @@
 
 CSV and Parquet hold the table of ``attnbench.results.load``: one row per
 record, with case fields, implementation, status, reason, hardware, run id,
-suite and every scalar metric as columns.
+suite and every scalar metric as columns. A CSV text cell that a spreadsheet
+would run as a formula (it starts with ``= + - @``, a tab or a carriage
+return) is written with a leading ``'`` (OWASP's advice against CSV
+injection); numbers, negative ones included, stay numbers.
 
 pyperf: records keep no individual samples, only each worker process's median
 (``time_ms_process_medians``) and the pooled median and IQR. Each process
@@ -14,7 +17,8 @@ record without per-process medians exports its pooled median as one run. Only
 records with status ``ok`` are exported: the time of a wrong answer is not a
 benchmark result, and pyperf has no place for failures. Benchmarks are named
 ``IMPL CASE-LABEL``, so ``python -m pyperf compare_to a.json b.json`` matches
-the same pair across two exports.
+the same pair across two exports. pyperf prints names and metadata as they
+are, so their control characters are left out (``textsafe.plain``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from attnbench.errors import UserError
 from attnbench.report.format import case_label
 from attnbench.report.runs import Run, load_runs
 from attnbench.results import load
+from attnbench.textsafe import csv_cell, plain
 
 FORMATS = ("csv", "parquet", "pyperf")
 MS_PER_S = 1000.0
@@ -42,6 +47,12 @@ def export(results: str | os.PathLike, fmt: str, out: str | os.PathLike) -> int:
         return write_pyperf(run, out)
     frame = load(run.source)
     if fmt == "csv":
+        from pandas.api.types import is_numeric_dtype
+
+        for column in frame.columns:
+            # Text columns only (object or pandas' string dtype): numbers are written as numbers.
+            if not is_numeric_dtype(frame[column]):
+                frame[column] = frame[column].map(csv_cell)
         frame.to_csv(out, index=False)
     else:
         try:
@@ -70,7 +81,7 @@ def write_pyperf(run: Run, out: Path) -> int:
                     "attnbench_plugin": record.plugin, "attnbench_version": record.version,
                     "attnbench_timing_method": m.get("timing_method")}
         # pyperf refuses empty metadata values.
-        metadata = {k: v for k, v in metadata.items() if v not in (None, "")}
+        metadata = {k: plain(v) if isinstance(v, str) else v for k, v in metadata.items() if v not in (None, "")}
         runs = [pyperf.Run([ms / MS_PER_S], metadata=metadata, collect_metadata=False) for ms in medians]
         benchmarks.append(pyperf.Benchmark(runs))
     if not benchmarks:

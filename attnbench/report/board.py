@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from attnbench.report.rank import CONFIDENCE, Leaderboard, Standing
+from attnbench.textsafe import markup
 
 INTERVAL_HEADING = f"{CONFIDENCE:.0%} interval"
 TIED_NAMES_SHOWN = 3
@@ -77,7 +77,7 @@ def line(s: Standing) -> Line:
 
 
 def _table(title: str, standings: list[Standing], with_error: bool) -> Table:
-    table = Table(title=escape(title), title_justify="left")
+    table = Table(title=markup(title), title_justify="left")
     columns = [("rank", "right"), ("implementation", "left"), ("score", "right"), (INTERVAL_HEADING, "right"),
                ("cases scored", "right"), ("coverage", "right"), ("pass rate", "right"), ("memory", "right")]
     columns += [("rel err median / worst", "right")] if with_error else []
@@ -89,7 +89,7 @@ def _table(title: str, standings: list[Standing], with_error: bool) -> Table:
         cells = [c.rank, c.impl, c.score, c.interval, c.scored, c.coverage, c.pass_rate, c.memory]
         cells += [c.error] if with_error else []
         cells += [c.plugin, c.version, c.tied]
-        table.add_row(*(escape(x) for x in cells), style="bold" if s.rank == 1 else None)
+        table.add_row(*(markup(x) for x in cells), style="bold" if s.rank == 1 else None)
     return table
 
 
@@ -103,7 +103,7 @@ def print_leaderboards(console: Console, boards: list[Leaderboard]) -> None:
         if board.approximate:
             console.print(_table(f"{g.title} — approximate implementations", board.approximate, with_error=True))
         if board.unranked:
-            console.print(f"[dim]not ranked: {escape(', '.join(s.impl for s in board.unranked))}[/]")
+            console.print(f"[dim]not ranked: {markup(', '.join(s.impl for s in board.unranked))}[/]")
         if g.superseded:
             console.print(f"[dim]{g.superseded} records superseded by newer runs of the same pairs[/]")
     console.print(f"[dim]Score: geometric-mean speedup over the baseline across the cases run correctly (no credit for a "

@@ -20,13 +20,13 @@ from typing import Any, NamedTuple
 
 from markupsafe import Markup
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from attnbench.report import charts
 from attnbench.report.format import error_text, format_bytes, format_time, number_text, task_label
 from attnbench.report.runs import Run, case_key
 from attnbench.results import MEASURED, Record
+from attnbench.textsafe import markup
 
 REFERENCE = "eager"
 """The implementation exact ones are judged against (attnbench.quality.runner.EAGER, without importing torch)."""
@@ -243,7 +243,7 @@ def task_table(board: TaskBoard) -> Table:
     """The board as a rich table; the Pareto front marked ★, failures with their reason."""
     seeds = len(board.seeds)
     chance = "" if board.chance is None else f", chance {board.chance:.3f}"
-    table = Table(title=escape(f"{board.title} — {board.label}, {seeds} seeds{chance}"), title_justify="left")
+    table = Table(title=markup(f"{board.title} — {board.label}, {seeds} seeds{chance}"), title_justify="left")
     for name, justify in (("implementation", "left"), ("kind", "left"), ("accuracy mean ± std [min, max]", "right"),
                           ("F1", "right"), ("ROC-AUC", "right"), ("time/step", "right"), ("peak mem", "right"),
                           ("kernel err", "right"), ("vs eager", "left"), ("", "left"), ("status", "left")):
@@ -253,14 +253,14 @@ def task_table(board: TaskBoard) -> Table:
         if r.status == "ok":
             status = "[green]ok[/]"
         elif r.status in ("unsupported", "skipped"):
-            status = f"[dim]{r.status}: {escape(r.reason)}[/]"
+            status = f"[dim]{r.status}: {markup(r.reason, keep_lines=True)}[/]"
         else:
-            status = f"[bold red]{r.status}[/]: {escape(r.reason)}"
+            status = f"[bold red]{r.status}[/]: {markup(r.reason, keep_lines=True)}"
         cells = [r.impl, "exact" if r.exact else "approx", accuracy_text(line), number_text(line.metric("f1_mean")),
                  number_text(line.metric("roc_auc_mean")), format_time(line.step_ms) if line.step_ms else "",
                  format_bytes(line.metric("peak_bytes_mean")), error_text(line.metric("kernel_rel_err")),
                  line.verdict, "★" if line.front else ""]
-        table.add_row(*(escape(c) for c in cells), status, style="red" if r.status == "incorrect" else None)
+        table.add_row(*(markup(c) for c in cells), status, style="red" if r.status == "incorrect" else None)
     return table
 
 

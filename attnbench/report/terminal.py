@@ -5,35 +5,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from attnbench.report.format import error_text, format_bytes, format_time
 from attnbench.report.quality import is_task, print_task_records
 from attnbench.report.speedup import speedup
 from attnbench.results import Record
+from attnbench.textsafe import markup, plain
 
 SHORT_REASON = 48
 
 
 def _short(reason: str) -> str:
-    reason = reason.replace("\n", " ")
-    return reason if len(reason) <= SHORT_REASON else reason[: SHORT_REASON - 1] + "…"
+    """The reason on one line, cut to SHORT_REASON characters, as markup."""
+    reason = plain(reason)
+    return markup(reason if len(reason) <= SHORT_REASON else reason[: SHORT_REASON - 1] + "…")
 
 
 def case_table(label: str, records: list[Record], baseline_name: str | None) -> Table:
     """A table for one case: time ± IQR, TFLOP/s, speedup, peak memory, error; the fastest correct one highlighted."""
-    table = Table(title=escape(label), title_justify="left", expand=False)
+    table = Table(title=markup(label), title_justify="left", expand=False)
     for col, justify in (("implementation", "left"), ("time (median ± IQR)", "right"), ("TFLOP/s", "right"),
                          (f"vs {baseline_name}" if baseline_name else "speedup", "right"), ("peak mem", "right"),
                          ("rel err", "right"), ("status", "left")):
-        table.add_column(escape(col), justify=justify)
+        table.add_column(markup(col), justify=justify)
     baseline = next((r for r in records if r.impl == baseline_name), None)
     timed_ok = [r for r in records if r.status == "ok" and r.exact and r.ranked and r.metrics.get("time_ms_median")]
     fastest = min(timed_ok, key=lambda r: r.metrics["time_ms_median"], default=None)
     for r in sorted(records, key=lambda r: (r.metrics.get("time_ms_median") is None, r.metrics.get("time_ms_median") or 0, r.impl)):
         m = r.metrics
-        cells = [escape(r.impl)]
+        cells = [markup(r.impl)]
         if m.get("time_ms_median"):
             cells.append(f"{format_time(m['time_ms_median'])} ± {100 * (m.get('time_ms_iqr') or 0) / m['time_ms_median']:.0f}%")
             cells.append("" if m.get("tflops") is None else f"{m['tflops']:.3g}")
@@ -46,11 +47,11 @@ def case_table(label: str, records: list[Record], baseline_name: str | None) -> 
         if r.status == "ok":
             status = "[green]ok[/]" if r.exact else "[cyan]approx[/]"
         elif r.status == "incorrect":
-            status = f"[bold red]✗ incorrect[/] {escape(_short(r.reason))}"
+            status = f"[bold red]✗ incorrect[/] {_short(r.reason)}"
         elif r.status in ("unsupported", "skipped"):
-            status = f"[dim]{r.status}: {escape(_short(r.reason))}[/]"
+            status = f"[dim]{r.status}: {_short(r.reason)}[/]"
         else:
-            status = f"[red]{r.status}[/]: {escape(_short(r.reason))}"
+            status = f"[red]{r.status}[/]: {_short(r.reason)}"
         style = "bold green" if r is fastest else ("red" if r.status == "incorrect" else None)
         table.add_row(*cells, status, style=style)
     return table
