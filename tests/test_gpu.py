@@ -97,3 +97,26 @@ def test_cuda_peak_memory_of_eager_matches_analytic(registry):
     step()
     measured = memory.peak_bytes_cuda(step)
     assert abs(measured / memory.eager_analytic_peak_bytes(case) - 1) < 0.02
+
+
+def test_peak_table_entry_bounds_what_this_card_measures():
+    # The entry the name picks must be this card's: no kernel beats its peaks, and a plain copy
+    # and a large matmul reach a good share of them (H100 SXM: ~85% and ~75%). A wrong entry
+    # (an H100 PCIe's 2 TB/s for an SXM) shows as a measurement over its peak.
+    from attnbench.hardware import device_peak
+
+    name = torch.cuda.get_device_name(0)
+    peak = device_peak(name)
+    if peak is None:
+        pytest.skip(f"{name!r} is not in the peak table")
+    src = torch.randn(2**28, device="cuda")  # 1 GiB, far beyond any L2
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up: the first call pays for setup, not bandwidth
+    copy_ms = time_cuda(lambda: dst.copy_(src), repeats=20, flush_l2=False).median_ms
+    gbps = 2 * src.nbytes / (copy_ms / 1e3) / 1e9
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    a @ b  # warm-up: cuBLAS handle and heuristics
+    mm_ms = time_cuda(lambda: a @ b, repeats=20, flush_l2=False).median_ms
+    tflops = 2 * 8192**3 / (mm_ms / 1e3) / 1e12
+    assert 0.5 * peak.gbps < gbps <= 1.02 * peak.gbps, (name, peak.name, gbps)
+    assert 0.4 * peak.tflops["bfloat16"] < tflops <= 1.02 * peak.tflops["bfloat16"], (name, peak.name, tflops)
