@@ -178,7 +178,10 @@ main() {
     echo "-- from here on a dry run: $DRY"
   fi
   step "install .whl" 60 cuda bash -c install_wheels
-  [[ -z $DRY && -d $SITE ]] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  # The tree first: the scripts under benchmarks/ and the worker processes must import the same
+  # attnbench as pytest does, even if .whl/ was built before the tree last changed; the wheels add
+  # pyperf and attnbench's entry points.
+  [[ -z $DRY && -d $SITE ]] && export PYTHONPATH=$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}
   step "timing probe" 100 cuda "$PY" benchmarks/gpu_crosscheck.py timing --json "$OUT/crosscheck.json"
   step "memory cross-check" 50 cuda "$PY" benchmarks/gpu_crosscheck.py memory --json "$OUT/crosscheck.json"
   step "memory probes" 70 cuda "$PY" benchmarks/gpu_memory_probe.py --json "$OUT/memory_probe.json"
