@@ -7,11 +7,15 @@ slower. It is significant only when ``|ratio - 1|`` exceeds the combined noise
 the spread between worker processes (report.speedup): the root-sum-square of
 two independent relative noises. Anything smaller is reported as within noise.
 
-Status changes count too: a pair that was ``ok`` in BASE and is incorrect,
-error, timeout, crashed or oom in NEW *broke*; the reverse is *fixed*.
+Status changes count too: a pair that was ``ok`` in BASE and has any other
+status in NEW (incorrect, error, oom, but also unsupported, skipped or lost by
+the fleet) *broke*; the reverse is *fixed*. A pair ok and timed in BASE that is
+ok but has no time in NEW *lost its time*.
 
-``--fail-on-regression PCT`` exits with EXIT_REGRESSION (4) when a pair broke,
-or got significantly slower by more than PCT percent.
+``--fail-on-regression PCT`` exits with EXIT_REGRESSION (4) when a pair ok in
+BASE broke, lost its time or is missing from NEW, or got significantly slower
+by more than PCT percent; each such pair is listed by name. CI cannot vouch for
+what NEW did not measure, so every way of not measuring it fails.
 """
 
 from __future__ import annotations
@@ -27,16 +31,14 @@ from rich.table import Table
 from attnbench.report.format import case_label, format_time
 from attnbench.report.runs import Run
 from attnbench.report.speedup import noise
-from attnbench.results import FAILURES, MEASURED, Record, pair_key
+from attnbench.results import MEASURED, Record, pair_key
 from attnbench.textsafe import markup
 
 EXIT_REGRESSION = 4
 
 SLOWER, FASTER, NOISE = "slower", "faster", "within noise"
-BROKE, FIXED, CHANGED = "broke", "fixed", "status changed"
+BROKE, FIXED, CHANGED, LOST = "broke", "fixed", "status changed", "lost its time"
 ONLY_BASE, ONLY_NEW, UNTIMED = "only in base", "only in new", "not timed"
-BROKEN = (*FAILURES, "oom")
-"""NEW statuses that make a pair that was ok in BASE a regression."""
 
 
 @dataclass
@@ -58,10 +60,20 @@ class Change:
         return case_label(self.case)
 
     def regresses(self, threshold_pct: float) -> bool:
-        """True when this pair broke, or is significantly slower by more than ``threshold_pct`` percent."""
-        if self.verdict == BROKE:
+        """True when this pair, ok in BASE, broke, lost its time or is missing from NEW, or when it is
+        significantly slower by more than ``threshold_pct`` percent."""
+        if self.verdict in (BROKE, LOST):
             return True
+        if self.verdict == ONLY_BASE:
+            return self.base.status == "ok"
         return self.verdict == SLOWER and self.ratio is not None and (self.ratio - 1) * 100 > threshold_pct
+
+
+def _time(record: Record) -> float | None:
+    """The median time when it is a usable one: a positive finite number."""
+    t = record.metrics.get("time_ms_median")
+    ok = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+    return t if ok else None
 
 
 def judge(base: Record | None, new: Record | None) -> Change:
@@ -71,17 +83,19 @@ def judge(base: Record | None, new: Record | None) -> Change:
     if base is None or new is None:
         change.verdict = ONLY_NEW if base is None else ONLY_BASE
         return change
-    if base.status == "ok" and new.status in BROKEN:
+    if base.status == "ok" and new.status != "ok":
         change.verdict = BROKE
         return change
     if base.status != "ok" and new.status == "ok":
         change.verdict = FIXED
         return change
-    t_base, t_new = base.metrics.get("time_ms_median"), new.metrics.get("time_ms_median")
+    t_base, t_new = _time(base), _time(new)
     if base.status in MEASURED and new.status in MEASURED and t_base and t_new:
         change.ratio = t_new / t_base
         change.noise = math.hypot(noise(base), noise(new))
         change.verdict = NOISE if abs(change.ratio - 1) <= change.noise else (SLOWER if change.ratio > 1 else FASTER)
+    elif base.status == "ok" and t_base and not t_new:
+        change.verdict = LOST
     elif base.status != new.status:
         change.verdict = CHANGED
     return change
@@ -105,7 +119,7 @@ def _change_table(title: str, changes: list[Change]) -> Table:
                           ("change", "right"), ("noise", "right"), ("verdict", "left"), ("status", "left")):
         table.add_column(name, justify=justify)
     for c in changes:
-        times = [format_time(r.metrics["time_ms_median"]) if r and r.metrics.get("time_ms_median") else "" for r in (c.base, c.new)]
+        times = [format_time(_time(r)) if r and _time(r) else "" for r in (c.base, c.new)]
         status = " → ".join(markup(r.status if r else "—") for r in (c.base, c.new))
         if c.new is not None and c.new.status != "ok" and c.new.reason:
             status += f" [dim]{markup(c.new.reason.splitlines()[0])}[/]"
@@ -125,7 +139,9 @@ def print_comparison(console: Console, base: Run, new: Run, changes: list[Change
     sections = (
         ("Slower (significant)", [c for c in changes if c.verdict == SLOWER], lambda c: -c.ratio),
         ("Faster (significant)", [c for c in changes if c.verdict == FASTER], lambda c: c.ratio),
-        ("Broke (ok in base, failing in new)", [c for c in changes if c.verdict == BROKE], lambda c: c.impl),
+        ("Broke (ok in base, not ok in new)", [c for c in changes if c.verdict == BROKE], lambda c: c.impl),
+        ("Lost its time (ok and timed in base, ok without a time in new)", [c for c in changes if c.verdict == LOST],
+         lambda c: c.impl),
         ("Fixed", [c for c in changes if c.verdict == FIXED], lambda c: c.impl),
         ("Status changed", [c for c in changes if c.verdict == CHANGED], lambda c: c.impl),
     )
@@ -147,9 +163,13 @@ def print_comparison(console: Console, base: Run, new: Run, changes: list[Change
             table.add_row(markup(impl), str(len(ratios)), _pct(math.exp(statistics.fmean(math.log(r) for r in ratios))),
                           *(str(sum(c.verdict == v for c in mine)) for v in (SLOWER, FASTER, NOISE)))
         console.print(table)
-    counts = {v: sum(c.verdict == v for c in changes) for v in (SLOWER, FASTER, NOISE, BROKE, FIXED, CHANGED, ONLY_BASE, ONLY_NEW, UNTIMED)}
+    counts = {v: sum(c.verdict == v for c in changes)
+              for v in (SLOWER, FASTER, NOISE, BROKE, LOST, FIXED, CHANGED, ONLY_BASE, ONLY_NEW, UNTIMED)}
     console.print(", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no pairs")
     if threshold_pct is not None:
         failing = [c for c in changes if c.regresses(threshold_pct)]
+        if failing:
+            console.print(_change_table(f"Regressions (--fail-on-regression {threshold_pct:g})", failing))
         verdict = f"[bold red]{len(failing)} regression(s)[/]" if failing else "[green]no regression[/]"
-        console.print(f"{verdict} beyond {threshold_pct:g}% (significant slowdowns) or broken pairs")
+        console.print(f"{verdict}: significant slowdowns beyond {threshold_pct:g}%, or pairs ok in base that are "
+                      "not ok, not timed or missing in new")
