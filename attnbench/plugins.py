@@ -27,6 +27,9 @@ SELECT_ENV = "ATTNBENCH_PLUGINS"
 """Comma-separated entry-point (or distribution) names to load; empty loads none; unset loads all."""
 MODULES_ENV = "ATTNBENCH_PLUGIN_MODULES"
 """Comma-separated importable modules to load as plugins without installing them (plugin development)."""
+ONLY_ENV = "ATTNBENCH_ONLY_PLUGINS"
+"""Comma-separated plugin names (as ``Implementation.plugin`` gives them): when set, no other plugin is even
+imported, built-ins aside. Set by the runner for its workers: a plugin the run did not select cannot touch it."""
 
 BUILTIN_PLUGINS = (
     "attnbench.impls.reference",
@@ -113,8 +116,11 @@ def load_registry(environ: Mapping[str, str] | None = None, extra: Iterable[tupl
         claim(info)
         _register(manager, info, lambda m=module_name: importlib.import_module(m))
 
+    only = set(_split(environ[ONLY_ENV])) if ONLY_ENV in environ else None
     selected, missing = _selected_entry_points(environ)
     for ep in selected:
+        if only is not None and ep.name not in only:
+            continue
         dist = getattr(ep, "dist", None)
         info = PluginInfo(
             ep.name,
@@ -131,6 +137,8 @@ def load_registry(environ: Mapping[str, str] | None = None, extra: Iterable[tupl
         ))
 
     for module_name in _split(environ.get(MODULES_ENV, "")):
+        if only is not None and module_name not in only:
+            continue
         info = PluginInfo(module_name, "(module)", "", builtin=False)
         if claim(info):
             _register(manager, info, lambda m=module_name: importlib.import_module(m))

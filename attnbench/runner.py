@@ -22,11 +22,15 @@ from dataclasses import dataclass, field
 from attnbench.case import Case
 from attnbench.implementation import Implementation
 from attnbench.options import Correctness, Timing
+from attnbench.plugins import ONLY_ENV
+from attnbench.protocol import MAX_REPLY_BYTES, ProtocolViolation, new_request, parse_reply
 from attnbench.results import Record
 from attnbench.worker import MEMORY_LIMIT_ENV
 
 WORKER_START_TIMEOUT_S = 180.0
 STDERR_TAIL_LINES = 12
+EXIT_POLL_S = 0.25
+"""How often a worker that sends nothing is checked for having exited."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class RunOptions:
     """A measured bandwidth ceiling that replaces the published peak table (any device)."""
     worker_memory_bytes: int | None = None
     """CPU: address space each worker may add after start-up (RLIMIT_AS), so a greedy implementation fails alone."""
+    plugins: tuple[str, ...] | None = None
+    """The plugins whose implementations the run measures: workers import only these and the built-ins (None: all)."""
 
 
 class WorkerDied(Exception):
@@ -73,10 +79,15 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the runner dies, so no worker outlives a killed run."""
-    import ctypes
+def _child_setup() -> None:
+    """In the child before exec: its own process group, and SIGKILL when the runner dies.
 
+    The group is what gets killed: a helper process a plugin forked dies with
+    its worker instead of outliving the run and holding the reply pipe open.
+    """
+    import ctypes  # only in the forked child, where the parent's imports are not in the way
+
+    os.setpgid(0, 0)
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -98,30 +109,66 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "attnbench.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=self.env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_child_setup if sys.platform == "linux" else None,
         )
         self.starts += 1
 
     def wait_ready(self) -> dict:
-        return self._read_reply(WORKER_START_TIMEOUT_S)
+        """The worker's first line: it has loaded its plugins (and says which failed)."""
+        ready = self._read_line(WORKER_START_TIMEOUT_S)
+        try:
+            reply = json.loads(ready)
+        except (ValueError, RecursionError):
+            reply = None
+        if not isinstance(reply, dict) or reply.get("ready") is not True:
+            self.kill()
+            raise ProtocolViolation("the worker's first line is not its ready line")
+        return reply
 
     def ensure_started(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
+            self.kill()  # the group of a worker that died: children it left behind go with it
             self.start()
             self.wait_ready()
 
     def call(self, request: dict, timeout_s: float) -> dict:
-        """Send one request and wait for its reply."""
+        """Send one request (with a fresh id) and wait for the reply that answers it.
+
+        Raises ProtocolViolation, after killing the worker, when the line that
+        comes back is not that reply, or more than one line does.
+        """
+        if self._stray_output():
+            # Bytes arrived between requests: something in the worker writes to the pipe. No pair is
+            # waiting for them, so none is blamed; a fresh worker takes the next request.
+            self.kill()
         self.ensure_started()
         assert self.proc is not None and self.proc.stdin is not None
+        request = new_request(request)
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise self._died() from None
-        return self._read_reply(timeout_s)
+        line = self._read_line(timeout_s)
+        try:
+            reply = parse_reply(line, request)
+            if self._buffer or self._stray_output():
+                raise ProtocolViolation("more than one line came back for one request")
+        except ProtocolViolation:
+            self.kill()
+            raise
+        return reply
 
-    def _read_reply(self, timeout_s: float) -> dict:
+    def _stray_output(self) -> bool:
+        """Whether the pipe holds bytes nobody asked for (read without waiting)."""
+        if self.proc is None or self.proc.stdout is None:
+            return False
+        if self._buffer:
+            return True
+        ready, _, _ = select.select([self.proc.stdout.fileno()], [], [], 0)
+        return bool(ready)
+
+    def _read_line(self, timeout_s: float) -> bytes:
         assert self.proc is not None and self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
         fd = self.proc.stdout.fileno()
@@ -130,15 +177,21 @@ class WorkerProcess:
             if remaining <= 0:
                 self.kill()
                 raise WorkerTimeout(f"no answer within {timeout_s:g} s")
-            ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
+            ready, _, _ = select.select([fd], [], [], min(remaining, EXIT_POLL_S))
             if not ready:
+                # A child the worker forked may hold the pipe open after the worker died: its exit is the signal.
+                if self.proc.poll() is not None:
+                    raise self._died()
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 raise self._died()
             self._buffer += chunk
+            if len(self._buffer) > MAX_REPLY_BYTES:
+                self.kill()
+                raise ProtocolViolation(f"a reply line longer than {MAX_REPLY_BYTES >> 20} MiB")
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        return line
 
     def _died(self) -> WorkerDied:
         assert self.proc is not None
@@ -146,8 +199,9 @@ class WorkerProcess:
             returncode = self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.kill()
-            returncode = self.proc.returncode
+            returncode = self.proc.returncode if self.proc is not None else None
         tail = self.stderr_tail()
+        self._kill_group()
         self.proc = None
         return WorkerDied(returncode, tail)
 
@@ -165,20 +219,36 @@ class WorkerProcess:
         """Kill the process from another thread: the thread using this worker sees it die and stops waiting."""
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            proc.kill()
+            self._kill_group()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        """Kill the worker and everything in its process group, and forget it."""
+        if self.proc is not None:
+            self._kill_group()
             self.proc.wait()
         self.proc = None
+        self._buffer = b""
+
+    def _kill_group(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            # The worker's pid is its group's id (_child_setup); the group outlives its leader while members remain.
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            if proc.poll() is None:
+                proc.kill()
 
 
 def worker_env(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment workers start with: ``env`` (default: this process's) plus the per-worker memory limit."""
+    """The environment workers start with: ``env`` (default: this process's), the per-worker memory limit, and
+    the plugins they may import."""
     env = dict(os.environ if env is None else env)
     if options.worker_memory_bytes:
         env[MEMORY_LIMIT_ENV] = str(options.worker_memory_bytes)
+    if options.plugins is not None:
+        env[ONLY_ENV] = ",".join(options.plugins)
     return env
 
 
@@ -188,6 +258,9 @@ def call_or_failure(worker: WorkerProcess, request: dict, timeout_s: float) -> d
         return worker.call(request, timeout_s)
     except WorkerTimeout as exc:
         return {"status": "timeout", "reason": f"{exc}; worker killed", "metrics": {}, "samples_ms": []}
+    except ProtocolViolation as exc:
+        return {"status": "crashed", "reason": f"worker protocol violated: {exc}; worker restarted", "metrics": {},
+                "samples_ms": []}
     except WorkerDied as exc:
         reason = f"worker {describe_exit(exc.returncode)}"
         if exc.returncode == -signal.SIGKILL:

@@ -75,7 +75,7 @@ def test_scaffolded_implementation_is_declared_truthfully_and_correct(tmp_path, 
     assert impl.masks == {"none", "causal", "sliding_window"}
     for case in CASES:
         assert impl.declines(case) is None
-        reply = measure(impl, Request(impl=impl.name, case=case, seed=0, correctness=True, memory=False, timing=False))
+        reply = measure(impl, Request(impl=impl.name, case=case, seed=0, check_correctness=True, measure_memory=False, measure_time=False))
         assert reply["status"] == "ok", (case.label(), reply["reason"])
     block_sparse = Case(1, 2, 2, 32, 32, 16, mask="block_sparse", block=8)
     assert "mask block_sparse" in impl.declines(block_sparse)

@@ -259,7 +259,7 @@ def test_seed_fixed_backward_passes():
 ])
 def test_worker_records_each_seed_version(name, status, reason):
     """What a run records for each: the worker's own correctness pass, no timing."""
-    reply = measure(IMPLS[name], Request(impl=name, case=SEED_CASE, seed=0, correctness=True, memory=False, timing=False))
+    reply = measure(IMPLS[name], Request(impl=name, case=SEED_CASE, seed=0, check_correctness=True, measure_memory=False, measure_time=False))
     assert reply["status"] == status and reason in reply["reason"], reply
     assert (status == "ok") == (name not in seed.AS_WRITTEN)
 
@@ -300,8 +300,8 @@ def test_approximation_is_finite_on_every_case_it_declares(name):
 
 def test_approximate_worker_record_has_an_error_and_no_verdict():
     case = Case(1, 2, 2, 64, 64, 32)
-    reply = measure(IMPLS["linformer.r64"], Request(impl="linformer.r64", case=case, seed=0, correctness=True,
-                                                    memory=False, timing=False))
+    reply = measure(IMPLS["linformer.r64"], Request(impl="linformer.r64", case=case, seed=0, check_correctness=True,
+                                                    measure_memory=False, measure_time=False))
     assert reply["status"] == "ok" and reply["metrics"]["rel_err"] > 0.1
 
 

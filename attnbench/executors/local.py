@@ -30,6 +30,7 @@ from attnbench.hardware import cpu_model, device_peak
 from attnbench.implementation import Implementation
 from attnbench.measure.timing import iqr
 from attnbench.outcome import ERROR_KEYS, GRAD_NAMES, error_prefix
+from attnbench.protocol import ProtocolViolation
 from attnbench.results import MEASURED, Record
 from attnbench.runner import (
     OnStart,
@@ -89,7 +90,7 @@ class SlotWorkers:
         for w in self._starting:
             try:
                 w.wait_ready()
-            except (WorkerDied, WorkerTimeout):
+            except (WorkerDied, WorkerTimeout, ProtocolViolation):
                 w.proc = None  # restarted on first use; the failure surfaces as that pair's record
 
     def kill(self) -> None:
@@ -132,6 +133,9 @@ class SlotWorkers:
                     merge_correctness(s["metrics"], reply.get("metrics", {}))
                     if reply["status"] == "incorrect" and s["status"] == "ok":
                         s["status"], s["reason"] = "incorrect", f"process {r + 1}: {reply['reason']}"
+                changed = reply.get("metrics", {}).get("torch_state_changed")
+                if changed:  # what any of the pair's processes changed in torch's global state
+                    s["metrics"]["torch_state_changed"] = sorted({*s["metrics"].get("torch_state_changed", ()), *changed})
                 if reply.get("samples_ms"):
                     s["samples"].extend(reply["samples_ms"])
                     s["process_medians"].append(statistics.median(reply["samples_ms"]))

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from time import perf_counter
 
 import torch
+
+# Bound at import, which the worker does before any plugin loads: a plugin that replaces
+# time.perf_counter or torch.cuda.Event later changes what it sees, not what times it.
+_CudaEvent = torch.cuda.Event
 
 DEFAULT_L2_FLUSH_BYTES = 256 * 2**20
 """Bytes written between CUDA repeats when the card's L2 size is unknown (larger than any current L2)."""
@@ -60,10 +64,10 @@ def sync(device: str) -> None:
 
 def time_once(fn: Callable[[], object], device: str) -> float:
     """Seconds one call of ``fn`` takes, the device synchronised before the clock stops (for calls too slow to repeat)."""
-    start = time.perf_counter()
+    start = perf_counter()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return perf_counter() - start
 
 
 def warmup(fn: Callable[[], object], calls: int, device: str) -> float:
@@ -95,10 +99,10 @@ def time_cpu(
     samples: list[float] = []
     spent = 0.0
     while len(samples) < max_samples and (len(samples) < min_samples or spent < min_time_s):
-        start = time.perf_counter()
+        start = perf_counter()
         for _ in range(inner):
             fn()
-        elapsed = time.perf_counter() - start
+        elapsed = perf_counter() - start
         spent += elapsed
         samples.append(elapsed / inner * 1e3)
     return Timing(samples, inner=inner, method="cpu-perf_counter")
@@ -123,8 +127,8 @@ def time_cuda(
         if note:
             notes.append(note)
     flush = _l2_flusher() if flush_l2 else None
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    starts = [_CudaEvent(enable_timing=True) for _ in range(repeats)]
+    ends = [_CudaEvent(enable_timing=True) for _ in range(repeats)]
     torch.cuda.synchronize()
     for i in range(repeats):
         if flush is not None:

@@ -1,0 +1,411 @@
+"""Measuring one pair, inside the worker: build, correctness trials, memory, timing, the post-timing check.
+
+Correctness is checked on fresh seeded inputs against a float64 reference.
+Timed calls then rotate over several input sets -- the trials' own inputs, so
+their references are already computed -- and the last output on each set is
+checked again after timing: an implementation that caches outputs by input,
+or goes wrong after its first calls, is caught at no extra reference cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from time import perf_counter  # bound before plugins load: a patched time.perf_counter cannot skew it
+
+import torch
+
+from attnbench.case import Case
+from attnbench.implementation import Implementation, Unsupported, from_layout, to_layout
+from attnbench.measure import correctness as corr
+from attnbench.measure import memory
+from attnbench.measure.timing import Timing, time_cpu, time_cuda, warmup
+from attnbench.options import Correctness
+from attnbench.options import Timing as TimingOptions
+from attnbench.outcome import GRAD_NAMES, classify, describe, error_prefix
+
+MEMORY_TRIAL = 1
+"""The correctness trial whose call is also the memory measurement: the second, so one-time
+allocations of the first call (oneDNN primitives, cuBLAS workspaces) are not counted."""
+SLOW_CALL_S = 0.25
+"""A checked call at least this slow stands in for the warm-up before timing: one more call would
+cost seconds on long sequences and change nothing (such calls are timed one per sample anyway)."""
+MIN_INPUT_SETS = 2
+"""Timed calls rotate over at least this many input sets, so no output can be served from a cache."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the runner asks of a worker for one case x implementation pair."""
+
+    impl: str
+    case: Case
+    seed: int
+    check_correctness: bool
+    measure_memory: bool
+    measure_time: bool
+    trials: list[int] | None = None
+    """The correctness trials (0..seeds-1) this process checks; None: all. The runner spreads them over
+    its processes so that each process's first call is a checked one, not a bare warm-up."""
+    correctness: Correctness = field(default_factory=Correctness)
+    timing: TimingOptions = field(default_factory=TimingOptions)
+
+    def to_json(self) -> dict:
+        """The request as one JSON-ready object, as it travels on the worker's stdin."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "case": self.case.to_dict(),
+                "correctness": asdict(self.correctness), "timing": asdict(self.timing)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Request:
+        """The request ``to_json`` wrote; protocol fields (the request id) are not the request's."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in names}, "case": Case.from_dict(data["case"]),
+                      "correctness": Correctness(**data["correctness"]), "timing": TimingOptions(**data["timing"])})
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One input set with what its outputs should be: the float64 reference and the same-dtype baseline."""
+
+    seed: int
+    inputs: corr.Inputs
+    rows: torch.Tensor | None
+    expected: tuple[torch.Tensor, ...]
+    baseline: tuple[torch.Tensor, ...]
+    label: str = ""
+
+    def negated_v(self) -> Trial:
+        """The same trial with v (and dO) negated, whose references follow exactly, without computing one.
+
+        Attention is linear in v: the output negates, and with dO negated too the
+        loss is unchanged, so dq and dk stay and dv negates. Negation is exact in
+        floating point, so the baseline's errors are the original's.
+        """
+        i = self.inputs
+        twin = corr.Inputs(i.q, i.k, -i.v, None if i.grad_out is None else -i.grad_out)
+        flip = (True, False, False, True)  # out, dq, dk, dv
+        return Trial(self.seed, twin, self.rows,
+                     tuple(-t if f else t for t, f in zip(self.expected, flip)),
+                     tuple(-t if f else t for t, f in zip(self.baseline, flip)), label=" with v negated")
+
+
+class _References:
+    """The last case's trials by seed: each reference is computed once, for every implementation of the case."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.trials: dict[int, Trial] = {}
+
+    def get(self, case: Case, seed: int, max_rows: int | None) -> Trial:
+        key = (case, max_rows)
+        if key != self.key:
+            self.key, self.trials = key, {}
+        if seed not in self.trials:
+            inputs = corr.make_inputs(case, seed)
+            rows = corr.sample_rows(case, max_rows, seed) if not case.needs_backward else None
+            if case.needs_backward:
+                expected = corr.math_attention_grads(inputs, case, dtype=torch.float64)
+                baseline = corr.math_attention_grads(inputs, case, dtype=case.dtype)
+            else:
+                expected = (corr.math_attention(inputs.q, inputs.k, inputs.v, case, dtype=torch.float64, rows=rows),)
+                baseline = (corr.math_attention(inputs.q, inputs.k, inputs.v, case, dtype=case.dtype, rows=rows),)
+            self.trials[seed] = Trial(seed, inputs, rows, expected, baseline)
+        return self.trials[seed]
+
+
+_REFERENCES = _References()
+
+
+def _copy(inputs: corr.Inputs) -> corr.Inputs:
+    """Inputs an implementation may scribble on without touching the cached ones the next is checked on."""
+    return corr.Inputs(*(None if t is None else t.clone() for t in (inputs.q, inputs.k, inputs.v, inputs.grad_out)))
+
+
+class Step:
+    """The timed region for the case's pass -- forward (no autograd), backward alone, or both -- one call each
+    time it is called, rotating over its input sets. ``last[i]`` holds the latest results on set ``i``
+    (output, then gradients), in the implementation's layout; ``calls`` counts the calls made."""
+
+    def __init__(self, fn: Callable, impl: Implementation, case: Case, sets: Sequence[corr.Inputs]) -> None:
+        self.calls = 0
+        self.last: list[tuple | None] = [None] * len(sets)
+        self.reused_at: int | None = None
+        """The call that returned the very output an earlier call on its set returned (still held, so no
+        fresh allocation could sit there): an output served from a cache."""
+        # An out= implementation returns its buffer every time, by contract; a backward-only step reuses its forward.
+        self._fresh_outputs = not impl.out and case.pass_ != "bwd"
+        self._calls = [self._one(fn, impl, case, inputs, i) for i, inputs in enumerate(sets)]
+
+    def __call__(self) -> object:
+        i = self.calls % len(self._calls)
+        self.calls += 1
+        previous = self.last[i]
+        result = self._calls[i]()
+        if (self._fresh_outputs and self.reused_at is None and previous is not None
+                and _same_storage(previous[0], self.last[i][0])):
+            self.reused_at = self.calls
+        return result
+
+    def _one(self, fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs, i: int) -> Callable[[], object]:
+        q, k, v = (to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
+        last = self.last
+        if case.pass_ == "fwd":
+            buffer = torch.empty_like(q) if impl.out else None
+
+            def forward():
+                with torch.no_grad():
+                    out = fn(q, k, v) if buffer is None else fn(q, k, v, out=buffer)
+                last[i] = (out,)
+                return out
+            return forward
+        q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+        grad_out = to_layout(inputs.grad_out, impl.layout)
+        if case.pass_ == "bwd":
+            out = fn(q, k, v)
+
+            def backward():
+                grads = torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True)
+                last[i] = (out.detach(), *grads)
+                return grads
+            return backward
+
+        def forward_backward():
+            out = fn(q, k, v)
+            grads = torch.autograd.grad(out, (q, k, v), grad_out)
+            last[i] = (out.detach(), *grads)
+            return grads
+        return forward_backward
+
+
+def _same_storage(a: object, b: object) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.numel() > 0 and (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+
+
+def make_step(fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs | Sequence[corr.Inputs]) -> Step:
+    """The timed region over one input set or several (rotated call by call)."""
+    return Step(fn, impl, case, [inputs] if isinstance(inputs, corr.Inputs) else list(inputs))
+
+
+def _run_trial(fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs) -> tuple[torch.Tensor, ...]:
+    """Outputs (and gradients for backward cases) of one correctness call, back in bhsd layout."""
+    q, k, v = (to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
+    if not case.needs_backward:
+        poisoned = torch.full_like(q, float("nan")) if impl.out else None
+        with torch.no_grad():
+            out = fn(q, k, v) if poisoned is None else fn(q, k, v, out=poisoned)
+        _check_output(out, impl, case, inputs)
+        if poisoned is not None:
+            if out.data_ptr() != poisoned.data_ptr():
+                raise _Incorrect("declares out= but returned another tensor than the out buffer")
+            unwritten = int(torch.isnan(poisoned).sum())
+            if unwritten:
+                raise _Incorrect(f"left {unwritten} of {poisoned.numel()} elements of the out buffer unwritten")
+        return (from_layout(out, impl.layout),)
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v)
+    _check_output(out, impl, case, inputs)
+    if not out.requires_grad:
+        raise _Incorrect("output does not depend on q, k, v through autograd (no gradient)")
+    grads = torch.autograd.grad(out, (q, k, v), to_layout(inputs.grad_out, impl.layout), allow_unused=True)
+    if any(g is None for g in grads):
+        raise _Incorrect("gradient missing for " + ", ".join(n for n, g in zip("qkv", grads) if g is None))
+    return tuple(from_layout(t, impl.layout) for t in (out.detach(), *grads))
+
+
+def _check_output(out: object, impl: Implementation, case: Case, inputs: corr.Inputs) -> None:
+    problem = corr.output_problem(from_layout(out, impl.layout) if isinstance(out, torch.Tensor) else out,
+                                  case, inputs.q)
+    if problem:
+        raise _Incorrect(problem)
+
+
+class _Incorrect(Exception):
+    """The implementation ran but its result is unacceptable (shape, dtype, mutation...)."""
+
+
+def _trials(req: Request) -> list[int]:
+    return list(range(req.correctness.seeds)) if req.trials is None else list(req.trials)
+
+
+def _seed(req: Request, trial: int) -> int:
+    return req.seed * 1000 + trial
+
+
+def _memory_from_trials(req: Request) -> bool:
+    """Whether a correctness trial can double as the memory measurement (its call is the timed step's)."""
+    return req.measure_memory and req.check_correctness and MEMORY_TRIAL in _trials(req)[1:] and req.case.pass_ != "bwd"
+
+
+def _judge(results: Sequence[torch.Tensor], trial: Trial, impl: Implementation, case: Case,
+           tolerance: corr.Tolerance) -> tuple[dict[str, dict], str | None]:
+    """Each tensor's errors against the trial's reference (and the baseline's), and the first failure."""
+    judged, failure = {}, None
+    for name, got, exp, base in zip(GRAD_NAMES, results, trial.expected, trial.baseline):
+        got = got if trial.rows is None or name != "out" else got[:, :, trial.rows.to(got.device)]
+        errors = corr.error_metrics(got, exp)
+        base_errors = corr.error_metrics(base, exp)
+        reason = corr.judge(errors, base_errors, case.dtype_name, tolerance) if impl.exact else None
+        if errors["nonfinite"]:
+            reason = f"{errors['nonfinite']} NaN/Inf values"
+        judged[name] = {"errors": errors, "baseline": base_errors}
+        if reason and failure is None:
+            failure = f"{name}: {reason} (seed {trial.seed}{trial.label})"
+    return judged, failure
+
+
+def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, call_s: list[float]) -> str | None:
+    """Run this process's trials on fresh inputs; fill error metrics (worst over trials) and each call's
+    seconds into ``call_s``; return the failure reason or None."""
+    case = req.case
+    tolerance = req.correctness.rule()
+    worst: dict[str, dict] = {}
+    failure = None
+    for trial_index in _trials(req):
+        trial = _REFERENCES.get(case, _seed(req, trial_index), req.correctness.max_rows)
+        inputs = _copy(trial.inputs)
+        if trial_index == MEMORY_TRIAL and _memory_from_trials(req):
+            box: list = []
+
+            def trial_call(box=box, inputs=inputs):
+                box.append(_run_trial(fn, impl, case, inputs))
+
+            metrics["peak_bytes"] = _measure_memory(trial_call, case.device)
+            results = box[0]
+        else:
+            start = perf_counter()
+            results = _run_trial(fn, impl, case, inputs)
+            call_s.append(perf_counter() - start)
+        for name, before, after in zip("qkv", (trial.inputs.q, trial.inputs.k, trial.inputs.v),
+                                       (inputs.q, inputs.k, inputs.v)):
+            if not torch.equal(before, after):
+                raise _Incorrect(f"the implementation wrote into its input {name}")
+        judged, reason = _judge(results, trial, impl, case, tolerance)
+        for name, entry in judged.items():
+            if name not in worst or _worse(entry["errors"], worst[name]["errors"]):
+                worst[name] = entry
+        failure = failure or reason
+    for name, entry in worst.items():
+        prefix = error_prefix(name)
+        metrics[f"{prefix}rel_err"] = entry["errors"]["rel_err"]
+        metrics[f"{prefix}max_abs_err"] = entry["errors"]["max_abs_err"]
+        metrics[f"{prefix}baseline_rel_err"] = entry["baseline"]["rel_err"]
+        if entry["errors"]["nonfinite"]:
+            metrics[f"{prefix}nonfinite"] = entry["errors"]["nonfinite"]
+    metrics["correctness_seeds"] = len(_trials(req))
+    max_rows = req.correctness.max_rows
+    metrics["correctness_rows"] = None if max_rows is None or case.seq_q <= max_rows or case.needs_backward else max_rows
+    return failure
+
+
+def _worse(a: dict, b: dict) -> bool:
+    if a["nonfinite"] or b["nonfinite"]:
+        return a["nonfinite"] > b["nonfinite"]
+    return a["rel_err"] > b["rel_err"]
+
+
+def timing_trials(req: Request) -> list[Trial]:
+    """The input sets timed calls rotate over: this process's trials (their references are cached), twinned
+    with v negated while fewer than ``MIN_INPUT_SETS``. A process that checks no trial takes the first."""
+    indices = _trials(req) if req.check_correctness else []
+    trials = [_REFERENCES.get(req.case, _seed(req, t), req.correctness.max_rows) for t in indices or [0]]
+    for trial in list(trials):
+        if len(trials) >= MIN_INPUT_SETS:
+            break
+        trials.append(trial.negated_v())
+    return trials
+
+
+def _check_after_timing(step: Step, trials: list[Trial], impl: Implementation, req: Request) -> str | None:
+    """The failure, if any, of the last outputs timing produced on each input set."""
+    if step.reused_at is not None:
+        return (f"after {step.calls} calls: call {step.reused_at} returned the tensor an earlier call on the same "
+                "inputs had returned (an output cache, not a computation)")
+    for results, trial in zip(step.last, trials):
+        if results is None:
+            continue
+        try:
+            _check_output(results[0], impl, req.case, trial.inputs)
+        except _Incorrect as exc:
+            return f"after {step.calls} calls: {exc} (seed {trial.seed}{trial.label})"
+        _, failure = _judge([from_layout(t, impl.layout) for t in results], trial, impl, req.case,
+                            req.correctness.rule())
+        if failure:
+            return f"after {step.calls} calls: {failure}"
+    return None
+
+
+def _measure_memory(step: Callable[[], object], device: str) -> int:
+    if device == "cuda":
+        return memory.peak_bytes_cuda(step)
+    return memory.peak_bytes_cpu(step)
+
+
+def _time(step: Callable[[], object], req: Request, warm: bool, checked_call_s: float | None = None) -> Timing:
+    """Time ``step``; ``warm``: calls of it ran already, the fastest unprofiled one taking ``checked_call_s``."""
+    device = req.case.device
+    if device == "cpu" and warm and checked_call_s is not None and checked_call_s >= SLOW_CALL_S:
+        estimate = checked_call_s
+    else:
+        estimate = warmup(step, 1 if warm else max(1, req.timing.warmup), device)
+    if device == "cuda":
+        return time_cuda(step, repeats=req.timing.cuda_repeats, flush_l2=req.timing.flush_l2,
+                         cuda_graph=req.timing.cuda_graph)
+    return time_cpu(step, min_time_s=req.timing.min_time_s, min_samples=req.timing.repeats,
+                    first_estimate_s=estimate)
+
+
+def measure(impl: Implementation, req: Request) -> dict:
+    """Build and measure one pair; always returns a reply (status, reason, metrics, samples)."""
+    reply: dict = {"status": "ok", "reason": "", "metrics": {}, "samples_ms": [], "fatal": False}
+    metrics = reply["metrics"]
+    case = req.case
+    begun = perf_counter()
+    try:
+        start = perf_counter()
+        fn = impl.build(case)
+        metrics["build_s"] = perf_counter() - start
+        if not callable(fn):
+            raise _Incorrect(f"build returned {type(fn).__name__}, not a callable")
+        warm = False
+        call_s: list[float] = []
+        if req.check_correctness and _trials(req):
+            try:
+                failure = _check_correctness(fn, impl, req, metrics, call_s)
+            except _Incorrect as exc:  # unusable output: still timed, as every incorrect result is
+                failure = str(exc)
+            warm = True
+            if failure:
+                reply.update(status="incorrect", reason=failure)
+        if not (req.measure_memory or req.measure_time):
+            reply["wall_s"] = perf_counter() - begun
+            return reply
+        trials = timing_trials(req)
+        step = make_step(fn, impl, case, [_copy(t.inputs) for t in trials])
+        if req.measure_memory and not _memory_from_trials(req):
+            if not warm:
+                # One-time allocations (oneDNN primitives, cuBLAS workspaces) are not the call's memory.
+                warmup(step, 1, case.device)
+            metrics["peak_bytes"] = _measure_memory(step, case.device)
+            warm = True
+        if req.measure_time:
+            timing = _time(step, req, warm, min(call_s) if call_s else None)
+            reply["samples_ms"] = timing.samples_ms
+            metrics["timing_method"] = timing.method
+            metrics["timing_inner"] = timing.inner
+            metrics["timing_input_sets"] = len(trials)
+            if timing.notes:
+                metrics["timing_notes"] = timing.notes
+        if reply["status"] == "ok":
+            late = _check_after_timing(step, trials, impl, req)
+            if late:
+                reply.update(status="incorrect", reason=late)
+    except Unsupported as exc:
+        reply.update(status="unsupported", reason=exc.reason)
+    except _Incorrect as exc:
+        reply.update(status="incorrect", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; it becomes this pair's record
+        status, fatal = classify(exc)
+        reply.update(status=status, reason=describe(exc), fatal=fatal)
+    reply["wall_s"] = perf_counter() - begun
+    return reply
