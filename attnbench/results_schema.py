@@ -268,6 +268,15 @@ def _schema(value: Any, path: str, depth: int) -> None:
 FILE = obj(required={"schema": _schema, "run": RUN, "records": array(RECORD)})
 
 
+def record_problem(value: Any) -> str | None:
+    """Why ``value`` is not a record as results.json holds one (a journal line, say), or None when it is."""
+    try:
+        RECORD(value, "record", 0)
+    except _Problem as exc:
+        return str(exc)
+    return None
+
+
 def check(data: Any, source: str) -> None:
     """Raise ResultsError, naming ``source`` and the JSON path, unless ``data`` fits the results schema."""
     if not isinstance(data, dict) or "records" not in data:
