@@ -76,33 +76,130 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class Journal:
-    """Append-only JSON-lines log of records, each line flushed and fsynced as it is written."""
+JOURNAL_FORMAT = 1
+"""The header's ``journal`` value: the first line of a run's journal says how the run was made."""
+_RECORD_FIELDS = {"impl": str, "case": dict, "status": str, "reason": str, "plugin": str, "version": str,
+                  "exact": bool, "ranked": bool, "metrics": dict, "hardware": str, "where": dict}
 
-    def __init__(self, path: Path) -> None:
+
+@dataclass
+class JournalContents:
+    """What a journal holds: its header (None: an old journal, or a job's), its records, and the lines it skipped."""
+
+    header: dict | None = None
+    records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """One line each: ``line N: why``; the torn last line of a killed run is among them."""
+
+
+class Journal:
+    """Append-only JSON-lines log of records, each line written whole, then fsynced.
+
+    Opening it repairs a torn last line (the process died mid-write): cut, so the next
+    record starts on a line of its own. A write that fails (disk full) is undone, so the
+    journal stays readable; its OSError names the journal.
+    """
+
+    def __init__(self, path: Path, header: dict | None = None) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        # os.open, not open(): no buffer left to flush (and fail again) at close, and mode 0666 less the umask.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            self._repair()
+            if header is not None and os.fstat(self._fd).st_size == 0:
+                self._write(header)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def append(self, record: Record) -> None:
-        self._file.write(json.dumps(record.to_dict()) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._write(record.to_dict())
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _write(self, data: dict) -> None:
+        line = memoryview((json.dumps(data) + "\n").encode("utf-8"))
+        size = os.fstat(self._fd).st_size
+        try:
+            while line:
+                line = line[os.write(self._fd, line):]
+            os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, size)  # a line is in the journal whole or not at all
+            except OSError:
+                pass  # a torn line is cut when the journal is next opened
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+
+    def _repair(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+            return
+        data = os.pread(self._fd, size, 0)
+        start = data.rfind(b"\n") + 1
+        if _parse(data[start:]) is _NOT_JSON:
+            os.ftruncate(self._fd, start)
+        else:  # whole but for its newline
+            os.write(self._fd, b"\n")
+
+    @staticmethod
+    def scan(path: Path) -> JournalContents:
+        """Everything in a journal, never raising on its contents: a line that is not a record is skipped, and said."""
+        found = JournalContents()
+        if not Path(path).exists():
+            return found
+        data = Path(path).read_bytes()
+        lines = data.split(b"\n")
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            value = _parse(raw)
+            if number == len(lines) and value is _NOT_JSON:
+                found.skipped.append(f"line {number}: cut short (the run was stopped while writing it)")
+            elif number == 1 and isinstance(value, dict) and "journal" in value:
+                found.header = value
+            elif isinstance(why := _record_or_why(value), str):
+                found.skipped.append(f"line {number}: {why}")
+            else:
+                found.records.append(why)
+        return found
 
     @staticmethod
     def read(path: Path) -> list[Record]:
-        """Records from a journal; a torn last line (the process died mid-write) is ignored."""
-        records = []
-        if not Path(path).exists():
-            return records
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(Record.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, ValueError):
-                continue
-        return records
+        """The records of a journal, in order; its header and any line that is not a record are left out."""
+        return Journal.scan(path).records
+
+
+_NOT_JSON = object()
+
+
+def _parse(raw: bytes) -> Any:
+    """A line's JSON value; ``_NOT_JSON`` for a line that is not JSON."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _record_or_why(value: Any) -> Record | str:
+    """The record a journal line holds, or why it holds none."""
+    if value is _NOT_JSON:
+        return "not JSON"
+    if not isinstance(value, dict):
+        return f"not a record (a JSON {type(value).__name__})"
+    missing = [k for k in ("impl", "case", "status") if k not in value]
+    if missing:
+        return f"not a record (no {', '.join(missing)})"
+    wrong = [k for k, kind in _RECORD_FIELDS.items() if k in value and not isinstance(value[k], kind)]
+    if wrong:
+        return f"not a record ({', '.join(wrong)} of the wrong type)"
+    try:
+        return Record.from_dict(value)
+    except ValueError as exc:
+        return f"not a record ({exc})"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
