@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,11 +19,23 @@ from attnbench.hardware import cpu_model
 from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
 from attnbench.plugins import load_registry
 from attnbench.quality.runner import EAGER
-from attnbench.report.html import write_report
+from attnbench.report.html import render
+from attnbench.report.runs import load_runs
 from attnbench.report.terminal import print_run
-from attnbench.results import FAILURES, read_results
+from attnbench.results import FAILURES, write_text_atomic
 from attnbench.runner import RunOptions
-from attnbench.session import RESULTS_NAME, RunSpec, new_run_id, run
+from attnbench.session import (
+    DISK_FULL,
+    JOURNAL_NAME,
+    RunLock,
+    RunPaths,
+    RunSpec,
+    journal_header,
+    naming,
+    new_run_id,
+    read_for_resume,
+    run,
+)
 from attnbench.suite import SuiteError, load_suite
 
 EXIT_OK, EXIT_STRICT = 0, 3
@@ -52,29 +65,42 @@ def filter_cases(cases: list[Case], wheres: list[str]) -> list[Case]:
     return cases
 
 
-def output_dir(args: argparse.Namespace, suite_name: str) -> Path:
+def output_dir(args: argparse.Namespace, suite_name: str) -> RunPaths:
+    """The run's files: ``--resume``'s (which must hold a journal), ``--output``'s, or a new directory under reports/."""
     if args.resume:
-        path = Path(args.resume)
-        if not (path / "journal.jsonl").exists():
-            raise UserError(f"--resume {args.resume}: no journal.jsonl there; give the run directory of an earlier run")
-        return path
+        paths = _resumed(Path(args.resume))
+        if not paths.journal.exists():
+            where = "there" if paths.target != paths.results else "beside it"
+            raise UserError(f"--resume {args.resume}: no {paths.journal.name} {where}; "
+                            "give the run directory or results file of an earlier run")
+        if args.output and RunPaths.of(args.output).results.resolve() != paths.results.resolve():
+            raise UserError(f"--output {args.output} and --resume {args.resume} name different runs; give --resume alone")
+        return paths
     if args.output:
-        path = Path(args.output)
-        return path.parent if path.suffix == ".json" else path
-    return Path("reports") / suite_name / new_run_id(suite_name)
+        return RunPaths.of(args.output)
+    return RunPaths.of(Path("reports") / suite_name / new_run_id(suite_name))
+
+
+def _resumed(path: Path) -> RunPaths:
+    """``--resume`` takes the run directory or the results file, and also the journal itself."""
+    if path.name == JOURNAL_NAME:
+        return RunPaths.of(path.parent)
+    if path.name.endswith(".journal.jsonl"):
+        return RunPaths.of(path.with_name(path.name.removesuffix(".journal.jsonl") + ".json"))
+    return RunPaths.of(path)
 
 
 def _check_writable(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".attnbench-write-test"
+        probe = path / f".attnbench-write-test-{os.getpid()}"  # its own: two runs starting at once must not share it
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write results to {path}: {exc.strerror or exc}") from None
 
 
-def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
+def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
     try:
         suite = load_suite(args.suite)
     except SuiteError as exc:
@@ -136,7 +162,7 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         executor=executor, tasks=tasks,
     )
     out = output_dir(args, suite.name)
-    _check_writable(out)
+    _check_writable(out.folder)
     return spec, out
 
 
@@ -162,10 +188,24 @@ def _is_number(text: str) -> bool:
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
     spec, out = build_spec(args)
+    try:
+        with RunLock(out):
+            return _run_locked(args, console, spec, out)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        # Journal lines are written whole or not at all, so what it holds is what --resume continues from.
+        raise UserError(f"disk full writing {exc.filename or out.target}; the journal is intact, "
+                        f"continue with --resume {out.target} once there is room") from None
+
+
+def _run_locked(args: argparse.Namespace, console: Console, spec: RunSpec, out: RunPaths) -> int:
+    header = journal_header(spec, args.memory_budget)
     if args.resume:
-        previous = read_results(out / RESULTS_NAME) if (out / RESULTS_NAME).exists() else None
-        if previous and previous["run"]["suite"]["sha256"] != spec.suite_hash:
-            raise UserError(f"--resume {out}: that run measured a different version of {args.suite} (suite file changed)")
+        for problem in read_for_resume(out, header).skipped:
+            Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {escape(str(out.journal))} {escape(problem)}: skipped")
+    else:
+        out.refuse_used()
     quiet = args.quiet or args.json
     for failure in spec.registry.failures if spec.registry else []:
         if not quiet:
@@ -173,20 +213,23 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     if not quiet:
         work = f"{len(spec.cases)} cases" + (f" + {len(spec.tasks)} quality tasks" if spec.tasks else "")
         console.print(f"[bold]{escape(spec.suite_name)}[/] on {spec.device} ({escape(spec.options.device_name or 'executor ' + spec.executor.kind)}): "
-                      f"{work} x {len(spec.impls)} implementations -> {escape(str(out))}")
+                      f"{work} x {len(spec.impls)} implementations -> {escape(str(out.target))}")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet, transient=False)
     task = progress.add_task("planning", total=None)
     with progress:
         run_info, records, interrupted = run(
-            spec, out, resume=bool(args.resume),
+            spec, out, resume=bool(args.resume), header=header,
             on_plan=lambda n: progress.update(task, total=n, description="measuring"),
             on_start=lambda pair: progress.update(task, description=f"{escape(pair.impl.name)} · {escape(pair.case.label())}"),
             on_record=lambda rec: progress.advance(task),
         )
         progress.update(task, description="done" if not interrupted else "interrupted")
-    results_path = out / RESULTS_NAME
-    write_report([results_path], out)
+    results_path = out.results
+    try:
+        write_text_atomic(out.page, render(load_runs([results_path])))
+    except OSError as exc:
+        raise naming(exc, out.page) from exc
     if args.json:
         print(results_path.read_text())
     elif not args.quiet:
@@ -194,7 +237,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         console.print(f"results: {escape(str(results_path))}")
     if interrupted:
         console.print(f"[yellow]interrupted[/]: {len(records)} records kept; continue with "
-                      f"attnbench run {escape(args.suite)} --resume {escape(str(out))}")
+                      f"attnbench run {escape(args.suite)} --resume {escape(str(out.target))}")
         return 130
     if args.strict and any(r.status in FAILURES for r in records):
         return EXIT_STRICT

@@ -35,6 +35,13 @@ def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float =
     raise AssertionError(f"journal never reached {n} lines")
 
 
+def _journal_records(path: Path) -> list[dict]:
+    """The journal's records: every line after its header."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert lines[0]["journal"] == 1
+    return lines[1:]
+
+
 def _outcome(results: Path) -> dict:
     data = json.loads(results.read_text())
     return {(r["impl"], json.dumps(r["case"], sort_keys=True)): r["status"] for r in data["records"]}
@@ -48,10 +55,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     proc = _start(suite, killed)
-    _wait_for_lines(killed / "journal.jsonl", 6, proc)
+    _wait_for_lines(killed / "journal.jsonl", 1 + 6, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    kept = [json.loads(line) for line in (killed / "journal.jsonl").read_text().splitlines() if line.strip()]
+    kept = _journal_records(killed / "journal.jsonl")
     assert len(kept) >= 6
     # No worker outlives the killed runner.
     time.sleep(1)
@@ -71,13 +78,12 @@ def test_sigterm_writes_results_with_what_was_measured(tmp_path):
     suite.write_text(SUITE)
     out = tmp_path / "run"
     proc = _start(suite, out)
-    _wait_for_lines(out / "journal.jsonl", 4, proc)
+    _wait_for_lines(out / "journal.jsonl", 1 + 4, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
     data = json.loads((out / "results.json").read_text())
     assert data["run"]["interrupted"] is True
-    journal = (out / "journal.jsonl").read_text().splitlines()
-    assert len(data["records"]) == len(journal) >= 4
+    assert len(data["records"]) == len(_journal_records(out / "journal.jsonl")) >= 4
 
 
 def test_resume_refuses_a_directory_without_journal(tmp_path):
