@@ -9,6 +9,7 @@ or goes wrong after its first calls, is caught at no extra reference cost.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from time import perf_counter  # bound before plugins load: a patched time.perf_counter cannot skew it
@@ -23,6 +24,7 @@ from attnbench.measure.timing import Timing, time_cpu, time_cuda, warmup
 from attnbench.options import Correctness
 from attnbench.options import Timing as TimingOptions
 from attnbench.outcome import GRAD_NAMES, classify, describe, error_prefix
+from attnbench.telemetry import gpu_state, gpu_uuid, throttling
 
 MEMORY_TRIAL = 1
 """The correctness trial whose call is also the memory measurement: the second, so one-time
@@ -49,6 +51,9 @@ class Request:
     its processes so that each process's first call is a checked one, not a bare warm-up."""
     correctness: Correctness = field(default_factory=Correctness)
     timing: TimingOptions = field(default_factory=TimingOptions)
+    release: bool = False
+    """The process's last request of this case: afterwards it drops the case's cached references and returns
+    cached device memory, so that while another process measures the case, this one holds nothing of it."""
 
     def to_json(self) -> dict:
         """The request as one JSON-ready object, as it travels on the worker's stdin."""
@@ -95,6 +100,9 @@ class _References:
     def __init__(self) -> None:
         self.key: tuple | None = None
         self.trials: dict[int, Trial] = {}
+
+    def clear(self) -> None:
+        self.key, self.trials = None, {}
 
     def get(self, case: Case, seed: int, max_rows: int | None) -> Trial:
         key = (case, max_rows)
@@ -147,7 +155,8 @@ class Step:
         return result
 
     def _one(self, fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs, i: int) -> Callable[[], object]:
-        q, k, v = (to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
+        given = _in_layout(inputs, impl)
+        q, k, v = given.q, given.k, given.v
         last = self.last
         if case.pass_ == "fwd":
             buffer = torch.empty_like(q) if impl.out else None
@@ -159,7 +168,7 @@ class Step:
                 return out
             return forward
         q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
-        grad_out = to_layout(inputs.grad_out, impl.layout)
+        grad_out = given.grad_out
         if case.pass_ == "bwd":
             out = fn(q, k, v)
 
@@ -187,14 +196,22 @@ def make_step(fn: Callable, impl: Implementation, case: Case, inputs: corr.Input
     return Step(fn, impl, case, [inputs] if isinstance(inputs, corr.Inputs) else list(inputs))
 
 
-def _run_trial(fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs) -> tuple[torch.Tensor, ...]:
-    """Outputs (and gradients for backward cases) of one correctness call, back in bhsd layout."""
-    q, k, v = (to_layout(t, impl.layout) for t in (inputs.q, inputs.k, inputs.v))
+def _in_layout(inputs: corr.Inputs, impl: Implementation) -> corr.Inputs:
+    """The inputs as the implementation takes them: converted here, outside any measured region, so a bshd
+    implementation is not charged for the harness's transposes."""
+    return corr.Inputs(*(None if t is None else to_layout(t, impl.layout)
+                         for t in (inputs.q, inputs.k, inputs.v, inputs.grad_out)))
+
+
+def _run_trial(fn: Callable, impl: Implementation, case: Case, given: corr.Inputs) -> tuple[torch.Tensor, ...]:
+    """Outputs (and gradients for backward cases) of one correctness call on inputs already in the
+    implementation's layout (``_in_layout``), back in bhsd layout."""
+    q, k, v = given.q, given.k, given.v
     if not case.needs_backward:
         poisoned = torch.full_like(q, float("nan")) if impl.out else None
         with torch.no_grad():
             out = fn(q, k, v) if poisoned is None else fn(q, k, v, out=poisoned)
-        _check_output(out, impl, case, inputs)
+        _check_output(out, case, given)
         if poisoned is not None:
             if out.data_ptr() != poisoned.data_ptr():
                 raise _Incorrect("declares out= but returned another tensor than the out buffer")
@@ -204,18 +221,18 @@ def _run_trial(fn: Callable, impl: Implementation, case: Case, inputs: corr.Inpu
         return (from_layout(out, impl.layout),)
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     out = fn(q, k, v)
-    _check_output(out, impl, case, inputs)
+    _check_output(out, case, given)
     if not out.requires_grad:
         raise _Incorrect("output does not depend on q, k, v through autograd (no gradient)")
-    grads = torch.autograd.grad(out, (q, k, v), to_layout(inputs.grad_out, impl.layout), allow_unused=True)
+    grads = torch.autograd.grad(out, (q, k, v), given.grad_out, allow_unused=True)
     if any(g is None for g in grads):
         raise _Incorrect("gradient missing for " + ", ".join(n for n, g in zip("qkv", grads) if g is None))
     return tuple(from_layout(t, impl.layout) for t in (out.detach(), *grads))
 
 
-def _check_output(out: object, impl: Implementation, case: Case, inputs: corr.Inputs) -> None:
-    problem = corr.output_problem(from_layout(out, impl.layout) if isinstance(out, torch.Tensor) else out,
-                                  case, inputs.q)
+def _check_output(out: object, case: Case, given: corr.Inputs) -> None:
+    """``given``: the inputs in the implementation's layout, whose q the output must match in shape and type."""
+    problem = corr.output_problem(out, case, given.q)
     if problem:
         raise _Incorrect(problem)
 
@@ -263,22 +280,24 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, ca
     failure = None
     for trial_index in _trials(req):
         trial = _REFERENCES.get(case, _seed(req, trial_index), req.correctness.max_rows)
-        inputs = _copy(trial.inputs)
+        given = _in_layout(_copy(trial.inputs), impl)
         if trial_index == MEMORY_TRIAL and _memory_from_trials(req):
             box: list = []
 
-            def trial_call(box=box, inputs=inputs):
-                box.append(_run_trial(fn, impl, case, inputs))
+            def trial_call(box=box, given=given):
+                box.append(_run_trial(fn, impl, case, given))
 
             metrics["peak_bytes"] = _measure_memory(trial_call, case.device)
             results = box[0]
         else:
             start = perf_counter()
-            results = _run_trial(fn, impl, case, inputs)
+            results = _run_trial(fn, impl, case, given)
             call_s.append(perf_counter() - start)
         for name, before, after in zip("qkv", (trial.inputs.q, trial.inputs.k, trial.inputs.v),
-                                       (inputs.q, inputs.k, inputs.v)):
-            if not torch.equal(before, after):
+                                       (given.q, given.k, given.v)):
+            # The tensors the implementation was handed, compared in bhsd: a write into them is caught here,
+            # and cannot reach the cached inputs that the next implementation is checked on.
+            if not torch.equal(before, from_layout(after, impl.layout)):
                 raise _Incorrect(f"the implementation wrote into its input {name}")
         judged, reason = _judge(results, trial, impl, case, tolerance)
         for name, entry in judged.items():
@@ -324,15 +343,23 @@ def _check_after_timing(step: Step, trials: list[Trial], impl: Implementation, r
     for results, trial in zip(step.last, trials):
         if results is None:
             continue
-        try:
-            _check_output(results[0], impl, req.case, trial.inputs)
-        except _Incorrect as exc:
-            return f"after {step.calls} calls: {exc} (seed {trial.seed}{trial.label})"
+        out = results[0]
+        problem = corr.output_problem(from_layout(out, impl.layout) if isinstance(out, torch.Tensor) else out,
+                                      req.case, trial.inputs.q)
+        if problem:
+            return f"after {step.calls} calls: {problem} (seed {trial.seed}{trial.label})"
         _, failure = _judge([from_layout(t, impl.layout) for t in results], trial, impl, req.case,
                             req.correctness.rule())
         if failure:
             return f"after {step.calls} calls: {failure}"
     return None
+
+
+def _telemetry_id(device: str) -> str | None:
+    """The card this worker times on, as NVML names it; None on CPU or when torch cannot say."""
+    if device != "cuda":
+        return None
+    return gpu_uuid(torch.cuda.get_device_properties(torch.cuda.current_device()))
 
 
 def _measure_memory(step: Callable[[], object], device: str) -> int:
@@ -378,8 +405,7 @@ def measure(impl: Implementation, req: Request) -> dict:
             if failure:
                 reply.update(status="incorrect", reason=failure)
         if not (req.measure_memory or req.measure_time):
-            reply["wall_s"] = perf_counter() - begun
-            return reply
+            return _finish(reply, req, begun)
         trials = timing_trials(req)
         step = make_step(fn, impl, case, [_copy(t.inputs) for t in trials])
         if req.measure_memory and not _memory_from_trials(req):
@@ -389,7 +415,15 @@ def measure(impl: Implementation, req: Request) -> dict:
             metrics["peak_bytes"] = _measure_memory(step, case.device)
             warm = True
         if req.measure_time:
+            gpu = _telemetry_id(case.device)
+            before = gpu_state(gpu) if gpu else None
             timing = _time(step, req, warm, min(call_s) if call_s else None)
+            if gpu and before is not None:
+                after = gpu_state(gpu)
+                reply["telemetry"] = {"before": before, "after": after}
+                slowed = throttling(before, after)
+                if slowed:
+                    metrics["throttled"] = slowed
             reply["samples_ms"] = timing.samples_ms
             metrics["timing_method"] = timing.method
             metrics["timing_inner"] = timing.inner
@@ -407,5 +441,19 @@ def measure(impl: Implementation, req: Request) -> dict:
     except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; it becomes this pair's record
         status, fatal = classify(exc)
         reply.update(status=status, reason=describe(exc), fatal=fatal)
+    return _finish(reply, req, begun)
+
+
+def _finish(reply: dict, req: Request, begun: float) -> dict:
     reply["wall_s"] = perf_counter() - begun
+    if req.release:
+        release(req.case.device)
     return reply
+
+
+def release(device: str) -> None:
+    """Give back what measuring a case held: its cached references, and the allocator's cached device memory."""
+    _REFERENCES.clear()
+    gc.collect()  # implementations' reference cycles (closures over tensors) would keep memory until later
+    if device == "cuda":
+        torch.cuda.empty_cache()

@@ -72,7 +72,7 @@ def reply_problem(reply: dict[str, Any]) -> str | None:
     samples = reply.get("samples_ms", [])
     if not isinstance(samples, list) or not all(_is_number(s) and math.isfinite(s) and s >= 0 for s in samples):
         return "samples_ms must be a list of finite numbers >= 0"
-    for key in ("result", "kernel_rel_err", "wall_s"):
+    for key in ("result", "kernel_rel_err", "wall_s", "telemetry"):
         if key in reply:
             problem = _value_problem(reply[key])
             if problem:

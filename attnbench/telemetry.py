@@ -1,4 +1,4 @@
-"""A GPU's clocks, temperature and throttle reasons, read when a pair has just been timed on it.
+"""A GPU's clocks, temperature and throttle reasons, read by the worker just before and after it times a pair.
 
 NVML (the ``pynvml`` module of nvidia-ml-py) when importable, else
 ``nvidia-smi``. Neither exists on CPU-only machines: CPU records carry no
@@ -7,6 +7,7 @@ telemetry, and a GPU reading that fails says why instead of holding numbers.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -23,6 +24,12 @@ THROTTLE_REASONS = {
     0x100: "display_clock_setting",
 }
 """NVML's clocks-throttle (since driver 535: clocks-event) reason bits."""
+
+BENIGN_REASONS = frozenset({"gpu_idle", "applications_clocks_setting", "sync_boost", "display_clock_setting"})
+"""Reasons that mean the clocks are where the card's settings put them, not lowered by power or heat."""
+CLOCK_DROP = 0.9
+"""An SM clock after timing below this fraction of the one before it: the pair was timed on a slowing card."""
+UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
 SMI_FIELDS = ("clocks.sm", "clocks.mem", "temperature.gpu")
 # Drivers before 535 know only the first spelling, later ones prefer the second.
@@ -109,3 +116,20 @@ def _from_smi(gpu: str) -> dict:
                 return {"source": "nvidia-smi", "error": f"unreadable output {done.stdout.strip()!r}: {exc}"[:200]}
         last_error = (done.stderr or done.stdout).strip()
     return {"source": "nvidia-smi", "error": last_error[:200]}
+
+
+def gpu_uuid(props: object) -> str | None:
+    """``GPU-<uuid>`` as nvidia-smi and NVML name the card, from torch's device properties (torch 2.4 and later)."""
+    raw = str(getattr(props, "uuid", "") or "")
+    bare = raw.removeprefix("GPU-")
+    return f"GPU-{bare}" if UUID.match(bare) else None
+
+
+def throttling(before: dict, after: dict) -> list[str]:
+    """What slowed the card while a pair was timed: throttle reasons beyond its settings, or a falling SM clock."""
+    found = sorted({r for reading in (before, after) for r in reading.get("throttle_reasons") or ()
+                    if r not in BENIGN_REASONS})
+    first, last = before.get("sm_clock_mhz"), after.get("sm_clock_mhz")
+    if first and last and last < CLOCK_DROP * first:
+        found.append(f"SM clock fell from {first} to {last} MHz")
+    return found

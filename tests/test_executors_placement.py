@@ -7,8 +7,8 @@ import pytest
 from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig
 from attnbench.executors.placement import Gpu, by_case, chunk, device_slots, gres_gpus, ray_request, unfit_reason
-from attnbench.executors.telemetry import parse_smi_line, throttle_names
 from attnbench.suite import Hardware
+from attnbench.telemetry import parse_smi_line, throttle_names
 
 
 def gpus(n, name="NVIDIA H100 80GB HBM3"):

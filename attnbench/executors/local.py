@@ -25,7 +25,6 @@ from typing import Protocol
 from attnbench.case import Case
 from attnbench.executors.machine import compact_environment, visible_gpus
 from attnbench.executors.placement import Slot, by_case, device_slots
-from attnbench.executors.telemetry import gpu_state
 from attnbench.hardware import cpu_model, device_peak
 from attnbench.implementation import Implementation
 from attnbench.measure.timing import iqr
@@ -76,9 +75,6 @@ class SlotWorkers:
             "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
             "environment": compact_environment(),
         }
-        gpu = slot.gpu
-        # Telemetry asks NVML/nvidia-smi, which number GPUs by PCI bus: the UUID is unambiguous, the index a fallback.
-        self.telemetry_id = None if gpu is None else gpu.uuid or str(slot.gpu_index)
 
     def start(self) -> None:
         # A kept worker still running answered its ready line for an earlier executor.
@@ -108,19 +104,20 @@ class SlotWorkers:
                              "pids": [], "telemetry": [], "started": None, "finished": None} for impl in impls}
         for r, worker in enumerate(self.workers):
             order = impls if r % 2 == 0 else list(reversed(impls))
-            for impl in order:
+            # Later rounds time only what round 0 measured; the round's last call tells the worker to let go of
+            # the case, so it holds no memory while the next process measures it on the same GPU.
+            callees = [impl for impl in order if r == 0 or state[impl.name]["status"] in MEASURED]
+            for impl in callees:
                 s = state[impl.name]
-                if r > 0 and s["status"] not in MEASURED:
-                    continue
                 if abandoned is not None and abandoned.is_set():
                     return []
                 if r == 0 and on_start is not None:
                     on_start(Pair(case, impl))
                 s["started"] = s["started"] or time.time()
-                reply = self._call(worker, impl, case, r == 0)
+                reply = self._call(worker, impl, case, r == 0, release=impl is callees[-1])
                 s["finished"] = time.time()
-                if case.device == "cuda" and self.telemetry_id is not None:
-                    s["telemetry"].append(gpu_state(self.telemetry_id))
+                if reply.get("telemetry"):  # read by the worker just before and after it timed the pair
+                    s["telemetry"].append(reply["telemetry"])
                 s["pids"].append(reply.get("pid"))
                 if r == 0:
                     s["status"], s["reason"] = reply["status"], reply["reason"]
@@ -133,9 +130,9 @@ class SlotWorkers:
                     merge_correctness(s["metrics"], reply.get("metrics", {}))
                     if reply["status"] == "incorrect" and s["status"] == "ok":
                         s["status"], s["reason"] = "incorrect", f"process {r + 1}: {reply['reason']}"
-                changed = reply.get("metrics", {}).get("torch_state_changed")
-                if changed:  # what any of the pair's processes changed in torch's global state
-                    s["metrics"]["torch_state_changed"] = sorted({*s["metrics"].get("torch_state_changed", ()), *changed})
+                for notes in ("torch_state_changed", "throttled"):  # what any of the pair's processes saw
+                    if reply.get("metrics", {}).get(notes):
+                        s["metrics"][notes] = sorted({*s["metrics"].get(notes, ()), *reply["metrics"][notes]})
                 if reply.get("samples_ms"):
                     s["samples"].extend(reply["samples_ms"])
                     s["process_medians"].append(statistics.median(reply["samples_ms"]))
@@ -157,15 +154,14 @@ class SlotWorkers:
                                        where=where))
         return records
 
-    def _request(self, impl: Implementation, case: Case, first_round: bool, trials: list[int]) -> dict:
+    def _call(self, worker: WorkerProcess, impl: Implementation, case: Case, first_round: bool,
+              release: bool) -> dict:
         o = self.options
-        return Request(impl=impl.name, case=case, seed=o.seed, check_correctness=bool(trials),
-                       measure_memory=first_round, measure_time=True, trials=trials,
-                       correctness=o.correctness, timing=o.timing).to_json()
-
-    def _call(self, worker: WorkerProcess, impl: Implementation, case: Case, first_round: bool) -> dict:
-        trials = trials_for_process(worker.index, self.options.correctness.seeds, len(self.workers))
-        return call_or_failure(worker, self._request(impl, case, first_round, trials), self.options.timeout_s)
+        trials = trials_for_process(worker.index, o.correctness.seeds, len(self.workers))
+        request = Request(impl=impl.name, case=case, seed=o.seed, check_correctness=bool(trials),
+                          measure_memory=first_round, measure_time=True, trials=trials,
+                          correctness=o.correctness, timing=o.timing, release=release)
+        return call_or_failure(worker, request.to_json(), o.timeout_s)
 
     def _timing_metrics(self, case: Case, samples: list[float], process_medians: list[float]) -> dict:
         median = statistics.median(samples)

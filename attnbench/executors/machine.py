@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -22,8 +21,8 @@ import torch
 
 from attnbench.executors.placement import Gpu
 from attnbench.hardware import cpu_model, nvidia_driver_version, software_fields, total_memory_bytes
+from attnbench.telemetry import gpu_uuid
 
-UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 PROBE_TIMEOUT_S = 180.0
 """As long as a worker may take to start: the probe imports torch and initialises CUDA too."""
 
@@ -57,7 +56,7 @@ def visible_gpus() -> list[Gpu]:
     gpus = []
     for ordinal in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(ordinal)
-        gpus.append(Gpu(ordinal, props.name, _uuid(props)))
+        gpus.append(Gpu(ordinal, props.name, gpu_uuid(props)))
     return gpus
 
 
@@ -70,13 +69,6 @@ def gpus_seen_with(env: Mapping[str, str]) -> list[Gpu]:
         raise RuntimeError(f"listing the GPUs under CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} "
                            f"failed (exit {done.returncode}): {done.stderr.strip()[-600:]}")
     return [Gpu(**gpu) for gpu in json.loads(lines[-1])]
-
-
-def _uuid(props) -> str | None:
-    """``GPU-<uuid>`` as nvidia-smi and NVML name the card, when this torch exposes it (2.4 and later)."""
-    raw = str(getattr(props, "uuid", "") or "")
-    bare = raw.removeprefix("GPU-")
-    return f"GPU-{bare}" if UUID.match(bare) else None
 
 
 if __name__ == "__main__":
