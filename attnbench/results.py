@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 # SCHEMA_VERSION and STATUSES live with the schema's checks; importing them from here keeps working.
-from attnbench.results_schema import SCHEMA_VERSION, STATUSES, ResultsError, check
+from attnbench.results_schema import SCHEMA_VERSION, STATUSES, ResultsError, check, record_problem
 
 MEASURED = ("ok", "incorrect")
 """Statuses that carry timings."""
@@ -78,8 +78,6 @@ def _finite(value: Any) -> Any:
 
 JOURNAL_FORMAT = 1
 """The header's ``journal`` value: the first line of a run's journal says how the run was made."""
-_RECORD_FIELDS = {"impl": str, "case": dict, "status": str, "reason": str, "plugin": str, "version": str,
-                  "exact": bool, "ranked": bool, "metrics": dict, "hardware": str, "where": dict}
 
 
 @dataclass
@@ -188,18 +186,9 @@ def _record_or_why(value: Any) -> Record | str:
     """The record a journal line holds, or why it holds none."""
     if value is _NOT_JSON:
         return "not JSON"
-    if not isinstance(value, dict):
-        return f"not a record (a JSON {type(value).__name__})"
-    missing = [k for k in ("impl", "case", "status") if k not in value]
-    if missing:
-        return f"not a record (no {', '.join(missing)})"
-    wrong = [k for k, kind in _RECORD_FIELDS.items() if k in value and not isinstance(value[k], kind)]
-    if wrong:
-        return f"not a record ({', '.join(wrong)} of the wrong type)"
-    try:
-        return Record.from_dict(value)
-    except ValueError as exc:
-        return f"not a record ({exc})"
+    # The rules results.json's records pass: a line that passes them reads back from results.json too.
+    why = record_problem(value)
+    return f"not a record ({why})" if why else Record.from_dict(value)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
