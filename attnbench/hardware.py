@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import platform
 import re
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import attnbench
+from attnbench.telemetry import gpu_uuid
 
 
 @dataclass(frozen=True)
@@ -141,20 +144,53 @@ def nvidia_driver_version() -> str | None:
     return out.strip().splitlines()[0] if out.strip() else None
 
 
+PROBE_TIMEOUT_S = 180.0
+"""As long as a worker may take to start: the probe imports torch and initialises CUDA."""
+
+
 def cuda_devices() -> list[dict]:
-    """Name, memory and compute capability of each visible CUDA device."""
+    """Name, memory (total and free now), UUID and compute capability of each visible CUDA device.
+
+    Asked of a short-lived subprocess, so this process never holds a CUDA
+    context: the runner's parent must not, or under the EXCLUSIVE_PROCESS
+    compute mode no worker could use the card, and elsewhere the context
+    would cost memory on GPU 0 for the whole run.
+    """
     if not torch.cuda.is_available():
         return []
+    return _probe(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+@functools.cache
+def _probe(visible: str | None) -> list[dict]:
+    env = dict(os.environ)
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    done = subprocess.run([sys.executable, "-m", "attnbench.hardware"], env=env, capture_output=True, text=True,
+                          timeout=PROBE_TIMEOUT_S)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"asking a subprocess for the CUDA devices failed (exit {done.returncode}): "
+                           f"{done.stderr.strip()[-600:]}")
+    return json.loads(lines[-1])
+
+
+def cuda_devices_here() -> list[dict]:
+    """``cuda_devices`` as this process sees them, initialising CUDA in it (the probe's side)."""
     devices = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
+        free, _ = torch.cuda.mem_get_info(index)
         peak = device_peak(props.name)
         devices.append({
             "index": index,
             "name": props.name,
+            "uuid": gpu_uuid(props),
             "memory_bytes": props.total_memory,
+            "free_bytes": free,
             "capability": f"{props.major}.{props.minor}",
             "multiprocessors": props.multi_processor_count,
+            "l2_cache_bytes": getattr(props, "L2_cache_size", None),
             "peak": None if peak is None else {"name": peak.name, "tflops": peak.tflops, "gbps": peak.gbps},
         })
     return devices
@@ -200,3 +236,7 @@ def hardware_label(print_: dict, device: str) -> str:
     if device == "cuda" and print_.get("cuda_devices"):
         return print_["cuda_devices"][0]["name"]
     return f"{print_.get('cpu', 'cpu')} ({print_.get('torch_threads')} threads)"
+
+
+if __name__ == "__main__":
+    print(json.dumps(cuda_devices_here()))

@@ -9,13 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnbench.case import Case
 from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig
-from attnbench.hardware import cpu_model
+from attnbench.hardware import cpu_model, cuda_devices
 from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
 from attnbench.plugins import load_registry
 from attnbench.quality.runner import EAGER
@@ -37,6 +36,7 @@ from attnbench.session import (
     run,
 )
 from attnbench.suite import SuiteError, load_suite
+from attnbench.textsafe import markup
 
 EXIT_OK, EXIT_STRICT = 0, 3
 
@@ -134,27 +134,29 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
     if not impls:
         raise UserError("no implementation selected: check the suite's implementations section and --impl/--exclude")
 
-    budget_spec = args.memory_budget
-    if executor.remote:
-        budget = _fleet_budget(budget_spec, settings.memory_budget.nbytes, executor.kind)
-    elif budget_spec is not None:
-        try:
-            budget = budget_bytes(float(budget_spec) if _is_number(budget_spec) else parse_bytes(budget_spec), device)
-        except ValueError as exc:
-            raise UserError(f"--memory-budget {budget_spec!r}: {exc}") from None
-    else:
-        budget = settings.memory_budget.limit(free_bytes(device))
-    import torch
-
     timing = replace(settings.timing, processes=args.processes or settings.timing.processes,
                      flush_l2=settings.timing.flush_l2 and not args.warm_l2,
                      cuda_graph=settings.timing.cuda_graph or args.cuda_graph)
+    gpu = None if executor.remote or device != "cuda" else cuda_devices()[0]
+    budget_spec = args.memory_budget
+    if executor.remote:
+        budget = _fleet_budget(budget_spec, settings.memory_budget.nbytes, executor.kind)
+    else:
+        free = free_bytes("cpu") if gpu is None else _free_for_workers(gpu, timing.processes)
+        try:
+            budget = (settings.memory_budget.limit(free) if budget_spec is None else
+                      budget_bytes(float(budget_spec) if _is_number(budget_spec) else parse_bytes(budget_spec),
+                                   device, free=free))
+        except ValueError as exc:
+            raise UserError(f"--memory-budget {budget_spec!r}: {exc}") from None
+
     options = RunOptions(
         seed=args.seed, correctness=settings.correctness, timing=timing,
         timeout_s=args.timeout or settings.timeout_s, memory_budget_bytes=budget,
-        device_name="" if executor.remote else torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
+        device_name="" if executor.remote else gpu["name"] if gpu is not None else cpu_model(),
         peak_tflops=args.peak_tflops, peak_gbps=args.peak_gbps,
         worker_memory_bytes=budget if device == "cpu" else None,
+        plugins=tuple(sorted({impl.plugin for impl in impls})),
     )
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,
@@ -164,6 +166,16 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
     out = output_dir(args, suite.name)
     _check_writable(out.folder)
     return spec, out
+
+
+CUDA_CONTEXT_BYTES = 768 * 2**20
+"""What each worker process's CUDA context (and the libraries it loads) holds on the card, measured or not:
+free memory is read before the workers start, and every one of a slot's processes keeps its context."""
+
+
+def _free_for_workers(gpu: dict, processes: int) -> int:
+    """GPU 0's free memory (read by a subprocess) less the contexts the run's worker processes will hold."""
+    return max(0, gpu["free_bytes"] - max(1, processes) * CUDA_CONTEXT_BYTES)
 
 
 def _fleet_budget(spec: str | None, suite_bytes: int | None, executor: str) -> int | None:
@@ -203,17 +215,17 @@ def _run_locked(args: argparse.Namespace, console: Console, spec: RunSpec, out: 
     header = journal_header(spec, args.memory_budget)
     if args.resume:
         for problem in read_for_resume(out, header).skipped:
-            Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {escape(str(out.journal))} {escape(problem)}: skipped")
+            Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {markup(str(out.journal))} {markup(problem)}: skipped")
     else:
         out.refuse_used()
     quiet = args.quiet or args.json
     for failure in spec.registry.failures if spec.registry else []:
         if not quiet:
-            console.print(f"[yellow]plugin {escape(failure.name)} failed to load:[/] {escape('; '.join(failure.errors))}")
+            console.print(f"[yellow]plugin {markup(failure.name)} failed to load:[/] {markup('; '.join(failure.errors))}")
     if not quiet:
         work = f"{len(spec.cases)} cases" + (f" + {len(spec.tasks)} quality tasks" if spec.tasks else "")
-        console.print(f"[bold]{escape(spec.suite_name)}[/] on {spec.device} ({escape(spec.options.device_name or 'executor ' + spec.executor.kind)}): "
-                      f"{work} x {len(spec.impls)} implementations -> {escape(str(out.target))}")
+        console.print(f"[bold]{markup(spec.suite_name)}[/] on {spec.device} ({markup(spec.options.device_name or 'executor ' + spec.executor.kind)}): "
+                      f"{work} x {len(spec.impls)} implementations -> {markup(str(out.target))}")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet, transient=False)
     task = progress.add_task("planning", total=None)
@@ -221,7 +233,7 @@ def _run_locked(args: argparse.Namespace, console: Console, spec: RunSpec, out: 
         run_info, records, interrupted = run(
             spec, out, resume=bool(args.resume), header=header,
             on_plan=lambda n: progress.update(task, total=n, description="measuring"),
-            on_start=lambda pair: progress.update(task, description=f"{escape(pair.impl.name)} · {escape(pair.case.label())}"),
+            on_start=lambda pair: progress.update(task, description=f"{markup(pair.impl.name)} · {markup(pair.case.label())}"),
             on_record=lambda rec: progress.advance(task),
         )
         progress.update(task, description="done" if not interrupted else "interrupted")
@@ -234,10 +246,10 @@ def _run_locked(args: argparse.Namespace, console: Console, spec: RunSpec, out: 
         print(results_path.read_text())
     elif not args.quiet:
         print_run(console, records, spec.baseline)
-        console.print(f"results: {escape(str(results_path))}")
+        console.print(f"results: {markup(str(results_path))}")
     if interrupted:
         console.print(f"[yellow]interrupted[/]: {len(records)} records kept; continue with "
-                      f"attnbench run {escape(args.suite)} --resume {escape(str(out.target))}")
+                      f"attnbench run {markup(args.suite)} --resume {markup(str(out.target))}")
         return 130
     if args.strict and any(r.status in FAILURES for r in records):
         return EXIT_STRICT

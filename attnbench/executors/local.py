@@ -23,9 +23,9 @@ from dataclasses import replace
 from typing import Protocol
 
 from attnbench.case import Case
-from attnbench.executors.machine import compact_environment, visible_gpus
-from attnbench.executors.placement import Slot, by_case, device_slots
-from attnbench.hardware import cpu_model, device_peak
+from attnbench.executors.machine import compact_environment
+from attnbench.executors.placement import Gpu, Slot, by_case, device_slots
+from attnbench.hardware import cpu_model, cuda_devices, device_peak
 from attnbench.implementation import Implementation
 from attnbench.measure.timing import iqr
 from attnbench.outcome import ERROR_KEYS, GRAD_NAMES, error_prefix
@@ -239,7 +239,8 @@ class LocalExecutor:
         self.options = options
         env = worker_env(options, env)
         if slots is None:
-            gpus = visible_gpus() if device == "cuda" else []
+            # Read by a subprocess: the runner's process never holds a CUDA context (EXCLUSIVE_PROCESS cards).
+            gpus = [Gpu(d["index"], d["name"], d["uuid"]) for d in cuda_devices()] if device == "cuda" else []
             slots = device_slots(device, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
         context = {"executor": "local", "attempt": 1, **(context or {})}
         self.kept = kept

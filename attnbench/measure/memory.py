@@ -256,12 +256,13 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
-def budget_bytes(fraction_or_bytes: float | int | str, device: str = "cpu") -> int:
+def budget_bytes(fraction_or_bytes: float | int | str, device: str = "cpu", free: int | None = None) -> int:
     """Memory a case may use on ``device``: a fraction of what is free now, or a fixed size.
 
     A float in (0, 1], or a string holding one or a percentage (``"0.8"``,
     ``"80%"``), is a fraction of the free memory (see ``free_bytes``). An
     int, a whole number above 1, or a size string (``"8GiB"``) is bytes.
+    ``free`` replaces the free memory read now (a caller that must not touch the device measured it elsewhere).
     """
     spec = fraction_or_bytes
     if isinstance(spec, str):
@@ -270,7 +271,7 @@ def budget_bytes(fraction_or_bytes: float | int | str, device: str = "cpu") -> i
             percent = _number(text[:-1], fraction_or_bytes)
             if not 0 < percent <= 100:
                 raise ValueError(f"budget percentage must be in (0, 100], got {fraction_or_bytes!r}")
-            return int(percent / 100 * free_bytes(device))
+            return int(percent / 100 * (free_bytes(device) if free is None else free))
         try:
             spec = float(text)
         except ValueError:
@@ -278,7 +279,7 @@ def budget_bytes(fraction_or_bytes: float | int | str, device: str = "cpu") -> i
     if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not 0 < spec < math.inf:
         raise ValueError(f"budget must be a positive fraction, size or number of bytes, got {fraction_or_bytes!r}")
     if isinstance(spec, float) and spec <= 1:
-        return int(spec * free_bytes(device))
+        return int(spec * (free_bytes(device) if free is None else free))
     if isinstance(spec, float) and not spec.is_integer():
         raise ValueError(f"budget above 1 is bytes and must be whole, got {fraction_or_bytes!r}")
     return int(spec)
