@@ -370,15 +370,17 @@ def _measure_memory(step: Callable[[], object], device: str) -> int:
 
 def _time(step: Callable[[], object], req: Request, warm: bool, checked_call_s: float | None = None) -> Timing:
     """Time ``step``; ``warm``: calls of it ran already, the fastest unprofiled one taking ``checked_call_s``."""
-    device = req.case.device
-    if device == "cpu" and warm and checked_call_s is not None and checked_call_s >= SLOW_CALL_S:
+    t = req.timing
+    calls = 1 if warm else max(1, t.warmup)
+    if req.case.device == "cuda":  # time_cuda warms up itself: its repeats are sized from the warm-up
+        return time_cuda(step, repeats=t.cuda_repeats, time_ms=t.cuda_time_ms, max_repeats=t.cuda_max_repeats,
+                         warmup_calls=calls, warmup_ms=t.warmup_ms, flush_l2=t.flush_l2,
+                         cuda_graph=t.cuda_graph, backward_only=req.case.pass_ == "bwd")
+    if warm and checked_call_s is not None and checked_call_s >= SLOW_CALL_S:
         estimate = checked_call_s
     else:
-        estimate = warmup(step, 1 if warm else max(1, req.timing.warmup), device)
-    if device == "cuda":
-        return time_cuda(step, repeats=req.timing.cuda_repeats, flush_l2=req.timing.flush_l2,
-                         cuda_graph=req.timing.cuda_graph)
-    return time_cpu(step, min_time_s=req.timing.min_time_s, min_samples=req.timing.repeats,
+        estimate = warmup(step, calls, "cpu", min_ms=t.warmup_ms)
+    return time_cpu(step, min_time_s=t.min_time_s, min_samples=t.repeats,
                     first_estimate_s=estimate)
 
 

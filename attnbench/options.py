@@ -43,14 +43,22 @@ class Timing:
     """How calls are timed, on CPU (calibrated repeats in worker processes) and on CUDA (events)."""
 
     warmup: int = 3
-    """Untimed calls before timing."""
+    """Untimed calls before timing, at least."""
+    warmup_ms: float = 25.0
+    """Warm-up lasts at least this long: calls are added while ``warmup`` of them would take less
+    (so only fast calls warm up longer than ``warmup`` calls)."""
     min_time_s: float = 0.1
     """CPU: timed samples in each process add up to at least this long."""
     repeats: int = 5
     """CPU: at least this many timed samples in each process."""
     processes: int = 2
     """Worker processes that time each pair, implementations interleaved."""
-    cuda_repeats: int = 100
+    cuda_repeats: int = 10
+    """CUDA: at least this many timed calls in each process."""
+    cuda_time_ms: float = 100.0
+    """CUDA: timed calls add up to about this long (their number estimated from the warm-up)."""
+    cuda_max_repeats: int = 10_000
+    """CUDA: at most this many timed calls in each process (``cuda_repeats`` wins if larger)."""
     flush_l2: bool = True
     cuda_graph: bool = False
 

@@ -78,6 +78,8 @@ def test_decode_reaches_128k_on_cuda_and_8k_on_cpu():
         assert max(c.seq_kv for c in cases) == longest
         assert all(c.gqa and c.mask == "causal" for c in cases)
         assert any(c.seq_q == 1 and c.seq_kv == 512 for c in cases)
+    # Decode calls are tens of microseconds: on CUDA they replay graphs, launch gaps left out.
+    assert suite.settings("cuda").timing.cuda_graph and not suite.settings("cpu").timing.cuda_graph
 
 
 # --- expansion ----------------------------------------------------------------------
@@ -197,7 +199,7 @@ def test_device_sections_override_the_suite(tmp_path):
           matrix:
             seq_kv: [64, 128]                      # replaces seq_kv only; seq_q still comes from seq
           correctness: {floors: {bfloat16: 0.5}}
-          timing: {cuda_repeats: 60, cuda_graph: true}
+          timing: {cuda_repeats: 60, cuda_graph: true, cuda_time_ms: 50, warmup_ms: 5}
           memory_budget: 8GiB
     """))
     cpu, cuda = suite.cases("cpu"), suite.cases("cuda")
@@ -217,7 +219,9 @@ def test_device_sections_override_the_suite(tmp_path):
     assert s_cpu.correctness.floors == {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
     assert s_cuda.correctness.floors == {"float32": 1e-5, "float16": 1e-2, "bfloat16": 0.5}
     assert (s_cuda.timing.warmup, s_cuda.timing.cuda_repeats, s_cuda.timing.cuda_graph) == (7, 60, True)
-    assert (s_cpu.timing.cuda_repeats, s_cpu.timing.cuda_graph, s_cpu.timing.processes) == (100, False, 2)
+    assert (s_cuda.timing.cuda_time_ms, s_cuda.timing.warmup_ms, s_cuda.timing.cuda_max_repeats) == (50, 5, 10_000)
+    assert (s_cpu.timing.cuda_repeats, s_cpu.timing.cuda_graph, s_cpu.timing.processes) == (10, False, 2)
+    assert (s_cpu.timing.warmup_ms, s_cpu.timing.cuda_time_ms) == (25.0, 100.0)
     assert s_cpu.timeout_s == s_cuda.timeout_s == suite.defaults.timeout_s == 60.0
     assert s_cpu.memory_budget == suite.defaults.memory_budget == MemoryBudget(fraction=0.8)
     assert s_cuda.memory_budget.limit(10**12) == 8 * 2**30

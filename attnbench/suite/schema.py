@@ -96,8 +96,10 @@ CORRECTNESS_KEYS: dict[str, Key] = {
 }
 
 TIMING_KEYS: dict[str, Key] = {
-    "warmup": Key("integer", Timing.warmup, "Untimed calls before timing starts (on CPU, a checked call of "
-                  "0.25 s or more already was one).", minimum=0),
+    "warmup": Key("integer", Timing.warmup, "Untimed calls before timing starts, at least (on CPU, a checked "
+                  "call of 0.25 s or more already was one).", minimum=0),
+    "warmup_ms": Key("number", Timing.warmup_ms, "The warm-up lasts at least this long: fast calls get more than "
+                     "warmup calls, a call slower than warmup_ms / warmup gets exactly warmup.", minimum=0),
     "min_time_s": Key("number", Timing.min_time_s, "CPU: each worker process takes timed samples until they add "
                       "up to at least this long (a sample loops a fast call to about 20 ms, calibrated once).",
                       minimum=0, exclusive=True),
@@ -105,12 +107,19 @@ TIMING_KEYS: dict[str, Key] = {
                    "(a call slower than min_time_s gets exactly this many).", minimum=1),
     "processes": Key("integer", Timing.processes, "CPU: worker processes, so one process's luck (allocator, "
                      "frequency) does not decide the result.", minimum=2),
-    "cuda_repeats": Key("integer", Timing.cuda_repeats, "CUDA: timed calls, each between CUDA events.",
-                        minimum=50),
+    "cuda_repeats": Key("integer", Timing.cuda_repeats, "CUDA: at least this many timed calls in each worker "
+                        "process, each between CUDA events (a call slower than cuda_time_ms / cuda_repeats gets "
+                        "exactly this many).", minimum=5),
+    "cuda_time_ms": Key("number", Timing.cuda_time_ms, "CUDA: timed calls add up to about this long in each "
+                        "worker process (their number estimated from the warm-up), so a 20 us call gets "
+                        "thousands and a 1 s call cuda_repeats.", minimum=0, exclusive=True),
+    "cuda_max_repeats": Key("integer", Timing.cuda_max_repeats, "CUDA: at most this many timed calls in each "
+                            "worker process (cuda_repeats wins if larger).", minimum=1),
     "flush_l2": Key("boolean", Timing.flush_l2, "CUDA: overwrite the L2 cache before each timed call, so "
                     "inputs are read from memory as in a real model."),
-    "cuda_graph": Key("boolean", Timing.cuda_graph, "CUDA: capture the call in a CUDA graph, removing "
-                      "launch overhead from short calls."),
+    "cuda_graph": Key("boolean", Timing.cuda_graph, "CUDA: capture the call in a CUDA graph and replay it, "
+                      "removing launch gaps between its kernels; fwd and fwd+bwd only (bwd cases are timed "
+                      "without one, and the record says so)."),
 }
 
 TASK_KEYS: dict[str, Key] = {
@@ -220,7 +229,7 @@ _NOTES: dict[str, str] = {
         "field in the same mapping are an error. Cases are ordered with seq varying fastest and pass slowest."
     ),
     "correctness": "An output passes when error <= tolerance_factor x eager's error in the same dtype + floor.",
-    "timing": "Keys marked CPU apply to CPU runs and keys marked CUDA to GPU runs; warmup applies to both.",
+    "timing": "Keys marked CPU apply to CPU runs and keys marked CUDA to GPU runs; warmup and warmup_ms apply to both.",
     "tasks": (
         "Quality tasks train a small transformer with each implementation as its attention, once per seed, and "
         "score it on held-out data: one record per task and implementation (see Results). A suite may declare "
