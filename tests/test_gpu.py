@@ -85,7 +85,7 @@ def test_l2_flush_and_cuda_graph_modes(registry):
     assert cold.method.endswith("+l2-flush") and warm.method.endswith("+warm-l2")
     assert "+graph" in graph.method and not graph.notes
     for t in (cold, warm, graph):
-        assert t.n == 50 and all(s > 0 for s in t.samples_ms)
+        assert t.n >= 50 and all(s > 0 for s in t.samples_ms)  # 50 at least: more while under 100 ms
     # A cold L2 can only make a memory-bound call slower, beyond noise never faster.
     assert cold.median_ms >= 0.9 * warm.median_ms
 
@@ -120,3 +120,102 @@ def test_peak_table_entry_bounds_what_this_card_measures():
     tflops = 2 * 8192**3 / (mm_ms / 1e3) / 1e12
     assert 0.5 * peak.gbps < gbps <= 1.02 * peak.gbps, (name, peak.name, gbps)
     assert 0.4 * peak.tflops["bfloat16"] < tflops <= 1.02 * peak.tflops["bfloat16"], (name, peak.name, tflops)
+
+
+# --- timing: the GPU ahead of the host, repeats by time, graphs (measure/timing.py) ----------
+
+
+def _sleep_call(gpu_us: float, host_us: float):
+    """One kernel of ``gpu_us`` (torch.cuda._sleep) launched after ``host_us`` of host work: a call whose
+    kernel time is known and whose launch path is longer than the kernel."""
+    from time import perf_counter
+
+    from attnbench.measure import timing
+
+    cycles = int(gpu_us / 1e3 * timing._sleep_cycles_per_ms())
+
+    def call() -> None:
+        until = perf_counter() + host_us / 1e6
+        while perf_counter() < until:
+            pass
+        torch.cuda._sleep(cycles)
+    return call
+
+
+def test_short_call_is_timed_on_the_gpu_not_the_host(monkeypatch):
+    from attnbench.measure import timing
+
+    call = _sleep_call(gpu_us=20, host_us=50)
+    queued = time_cuda(call, flush_l2=False)
+    monkeypatch.setattr(timing, "_sleep", None)  # start events on an idle GPU, as before
+    idle = time_cuda(call, flush_l2=False)
+    assert "+queued" in queued.method and "+queued" not in idle.method
+    assert queued.median_ms == pytest.approx(0.020, rel=0.25), queued.median_ms
+    assert idle.median_ms > 0.045, idle.median_ms  # the host's 50 us leak in without the lead
+
+
+def test_twenty_microsecond_call_gets_thousands_of_repeats():
+    result = time_cuda(_sleep_call(gpu_us=20, host_us=0), flush_l2=True)
+    assert result.n >= 1000, (result.n, result.median_ms)
+    slow = time_cuda(_sleep_call(gpu_us=200_000, host_us=0), repeats=5, flush_l2=False)
+    assert slow.n == 5  # 0.2 s calls: the minimum, where a count of 100 took 20 s
+
+
+def test_decode_call_cold_warm_and_graph(registry):
+    case = Case(8, 32, 8, 1, 8192, 128, dtype="bfloat16", device="cuda", mask="causal")
+    impl = registry.get("sdpa")
+    step = make_step(impl.build(case), impl, case, make_inputs(case, 0))
+    step()
+    cold = time_cuda(step, flush_l2=True)
+    warm = time_cuda(step, flush_l2=False)
+    graph = time_cuda(step, flush_l2=False, cuda_graph=True)
+    assert (cold.method, warm.method) == ("cuda-events+queued+l2-flush", "cuda-events+queued+warm-l2")
+    assert graph.method == "cuda-events+queued+graph+warm-l2" and not graph.notes
+    for t in (cold, warm, graph):
+        assert t.n >= 100 and not [n for n in t.notes if "launch" in n], (t.method, t.n, t.notes)
+    # 8 sequences x 8 kv heads x 8k keys x 128 of bf16 k and v: 256 MiB read, far beyond L2, so cold and
+    # warm are close; a replayed graph never adds time.
+    assert cold.median_ms >= 0.9 * warm.median_ms
+    assert graph.median_ms <= 1.1 * warm.median_ms
+
+
+def test_backward_only_is_timed_without_a_graph_and_says_so(registry):
+    from attnbench.measure.timing import BWD_GRAPH_NOTE
+
+    case = Case(2, 8, 8, 512, 512, 64, dtype="bfloat16", device="cuda", pass_="bwd")
+    impl = registry.get("sdpa")
+    step = make_step(impl.build(case), impl, case, make_inputs(case, 0))
+    step()
+    refused = time_cuda(step, flush_l2=False, cuda_graph=True, backward_only=True)
+    assert "graph" not in refused.method and refused.notes == [BWD_GRAPH_NOTE]
+    # Tried anyway, a capture either works (and says +graph) or fails with a note: never silently.
+    tried = time_cuda(step, flush_l2=False, cuda_graph=True)
+    assert ("+graph" in tried.method) != bool(tried.notes), (tried.method, tried.notes)
+
+
+def test_forward_backward_is_captured(registry):
+    case = Case(2, 8, 8, 512, 512, 64, dtype="bfloat16", device="cuda", pass_="fwd+bwd")
+    impl = registry.get("sdpa")
+    step = make_step(impl.build(case), impl, case, make_inputs(case, 0))
+    step()
+    graph = time_cuda(step, flush_l2=False, cuda_graph=True)
+    assert "+graph" in graph.method and not graph.notes, (graph.method, graph.notes)
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "bwd"])
+def test_records_name_the_method_and_the_graph_refusal(registry, pass_):
+    from attnbench.measure.timing import BWD_GRAPH_NOTE
+    from attnbench.options import Timing
+
+    seq_q, seq_kv = (1, 4096) if pass_ == "fwd" else (256, 256)
+    case = Case(4, 32, 8, seq_q, seq_kv, 128, dtype="bfloat16", device="cuda", mask="causal", pass_=pass_)
+    reply = measure(registry.get("sdpa"), Request(impl="sdpa", case=case, seed=0, check_correctness=True,
+                                                  measure_memory=False, measure_time=True,
+                                                  timing=Timing(cuda_graph=True)))
+    assert reply["status"] == "ok", reply["reason"]
+    method, notes = reply["metrics"]["timing_method"], reply["metrics"].get("timing_notes", [])
+    if pass_ == "fwd":
+        assert method == "cuda-events+queued+graph+l2-flush" and not notes, (method, notes)
+        assert len(reply["samples_ms"]) >= 1000  # a decode call of a few microseconds: 100 ms of them
+    else:
+        assert "graph" not in method and notes == [BWD_GRAPH_NOTE]
