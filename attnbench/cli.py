@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="CUDA: replay the timed call from a CUDA graph")
     p.add_argument("--peak-tflops", type=float, metavar="TFLOPS", help="compute ceiling for %% of peak (default: the published table, CUDA only)")
     p.add_argument("--peak-gbps", type=float, metavar="GBPS", help="bandwidth ceiling for %% of peak (default: the published table, CUDA only)")
+    peaks = p.add_mutually_exclusive_group()
+    peaks.add_argument("--measure-peaks", action="store_true",
+                       help="measure this machine's matmul and copy ceilings again instead of using the cached ones")
+    peaks.add_argument("--no-measure-peaks", action="store_true",
+                       help="skip measuring the ceilings: no roofline and no implausible-time check")
     p.add_argument("--strict", action="store_true", help="exit 3 when any pair is incorrect, error, timeout or crashed")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.add_argument("--json", action="store_true", help="print results.json to stdout at the end")

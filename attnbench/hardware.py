@@ -231,6 +231,13 @@ def fingerprint() -> dict:
     }
 
 
+def published_peaks(device: str, print_: dict) -> dict | None:
+    """The vendor's peaks for the run's first GPU, from the table; None on CPU or for a card it lacks."""
+    devices = print_.get("cuda_devices") or []
+    peak = device_peak(devices[0]["name"]) if device == "cuda" and devices else None
+    return None if peak is None else {"name": peak.name, "tflops": dict(peak.tflops), "gbps": peak.gbps}
+
+
 def hardware_label(print_: dict, device: str) -> str:
     """Short name of the hardware a run measured: the GPU's name, or the CPU model and thread count."""
     if device == "cuda" and print_.get("cuda_devices"):

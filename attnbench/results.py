@@ -22,7 +22,7 @@ from attnbench.results_schema import SCHEMA_VERSION, STATUSES, ResultsError, che
 
 MEASURED = ("ok", "incorrect")
 """Statuses that carry timings."""
-FAILURES = ("incorrect", "error", "timeout", "crashed")
+FAILURES = ("incorrect", "implausible", "error", "timeout", "crashed")
 """Statuses that make ``--strict`` fail."""
 RESCHEDULE = ("preempted", "infeasible", "node_lost")
 """Statuses that say what happened to the fleet, not to the implementation: ``--resume`` measures these pairs again."""

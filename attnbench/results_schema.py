@@ -22,7 +22,7 @@ from typing import Any
 from attnbench.errors import UserError
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "incorrect", "unsupported", "skipped", "error", "oom", "timeout", "crashed",
+STATUSES = ("ok", "incorrect", "implausible", "unsupported", "skipped", "error", "oom", "timeout", "crashed",
             "preempted", "infeasible", "node_lost")
 
 MAX_DEPTH = 32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnbench.case import Case
+from attnbench.ceilings import measured_ceilings
 from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig
-from attnbench.hardware import cpu_model, cuda_devices
+from attnbench.hardware import cpu_model, cuda_devices, software_fields
 from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
 from attnbench.plugins import load_registry
 from attnbench.quality.runner import EAGER
@@ -22,7 +24,7 @@ from attnbench.report.html import render
 from attnbench.report.runs import load_runs
 from attnbench.report.terminal import print_run
 from attnbench.results import FAILURES, write_text_atomic
-from attnbench.runner import RunOptions
+from attnbench.runner import RunOptions, worker_env
 from attnbench.session import (
     DISK_FULL,
     JOURNAL_NAME,
@@ -158,6 +160,8 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
         worker_memory_bytes=budget if device == "cpu" else None,
         plugins=tuple(sorted({impl.plugin for impl in impls})),
     )
+    if not executor.remote:
+        options = replace(options, ceilings=_ceilings(args, device, options, sorted({c.dtype_name for c in cases})))
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,
         cases=cases, impls=impls, options=options, baseline=baseline, registry=registry, predict=predict_peak_bytes,
@@ -166,6 +170,22 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
     out = output_dir(args, suite.name)
     _check_writable(out.folder)
     return spec, out
+
+
+def _ceilings(args: argparse.Namespace, device: str, options: RunOptions, dtypes: list[str]) -> dict | None:
+    """This machine's measured ceilings (cached; measured in a worker-like process), or None when skipped or
+    unmeasurable (said on stderr: the run goes on, without a roofline or an implausible-time check)."""
+    if args.no_measure_peaks:
+        return None
+    env = worker_env(options)
+    if device == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = cuda_devices()[0]["uuid"] or "0"
+    try:
+        return measured_ceilings(device, options.device_name, software_fields(), dtypes,
+                                 refresh=args.measure_peaks, env=env)
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        Console(stderr=True).print(f"[yellow]warning:[/] ceilings not measured: {markup(str(exc))}")
+        return None
 
 
 CUDA_CONTEXT_BYTES = 768 * 2**20

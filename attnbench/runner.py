@@ -50,6 +50,8 @@ class RunOptions:
     """A measured bandwidth ceiling that replaces the published peak table (any device)."""
     worker_memory_bytes: int | None = None
     """CPU: address space each worker may add after start-up (RLIMIT_AS), so a greedy implementation fails alone."""
+    ceilings: dict | None = None
+    """This machine's measured ceilings (attnbench.ceilings.measure): the roofline and the implausible-time floor."""
     plugins: tuple[str, ...] | None = None
     """The plugins whose implementations the run measures: workers import only these and the built-ins (None: all)."""
 

@@ -26,7 +26,7 @@ import attnbench
 from attnbench.case import Case
 from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig, open_executor
-from attnbench.hardware import fingerprint, hardware_label
+from attnbench.hardware import fingerprint, hardware_label, published_peaks
 from attnbench.implementation import Implementation
 from attnbench.plugins import Registry
 from attnbench.quality.config import TaskConfig
@@ -268,7 +268,9 @@ def run(spec: RunSpec, out: RunPaths | Path, *, resume: bool = False, header: di
         "command": sys.argv,
         "environment": print_,
         "plugins": [p.to_dict() for p in spec.registry.plugins] if spec.registry else [],
-        "options": asdict(spec.options),
+        # The ceilings are the run's own entry, beside the published peaks: not repeated among the options.
+        "options": {k: v for k, v in asdict(spec.options).items() if k != "ceilings"},
+        "ceilings": {"measured": spec.options.ceilings, "published": published_peaks(spec.device, print_)},
         "resumed_records": len(previous),
     } | spec.extra_run_info
 

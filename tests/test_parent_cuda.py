@@ -29,7 +29,8 @@ def test_a_cuda_run_is_planned_without_a_cuda_context_in_the_parent(tmp_path, mo
     monkeypatch.setattr(hardware, "_probe", lambda visible: [GPU])
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE)
-    args = build_parser().parse_args(["run", str(suite), "--device", "cuda", "--output", str(tmp_path / "out")])
+    args = build_parser().parse_args(["run", str(suite), "--device", "cuda", "--output", str(tmp_path / "out"),
+                                     "--no-measure-peaks"])
     spec, _ = build_spec(args)
     assert spec.options.device_name == "NVIDIA H200 NVL"
     processes = spec.options.timing.processes
