@@ -267,6 +267,7 @@ def _run_locked(args: argparse.Namespace, console: Console, spec: RunSpec, out: 
     elif not args.quiet:
         print_run(console, records, spec.baseline)
         console.print(f"results: {markup(str(results_path))}")
+        console.print(f"leaderboard: {markup(str(out.page))}")
     if interrupted:
         console.print(f"[yellow]interrupted[/]: {len(records)} records kept; continue with "
                       f"attnbench run {markup(args.suite)} --resume {markup(str(out.target))}")

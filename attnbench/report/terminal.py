@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from rich.console import Console
@@ -57,18 +58,89 @@ def case_table(label: str, records: list[Record], baseline_name: str | None) -> 
     return table
 
 
+def ruled_out_by_device(records: list[Record]) -> list[str]:
+    """Implementations every one of whose records the device ruled out (declared devices): one line, not a row each."""
+    by_impl: dict[str, bool] = {}
+    for r in records:
+        by_impl[r.impl] = by_impl.get(r.impl, True) and r.status == "unsupported" and r.reason.startswith("device ")
+    return sorted(name for name, out in by_impl.items() if out)
+
+
+SUMMARY_AXES = ("seq_q", "seq_kv", "batch", "head_dim", "heads_q", "heads_kv", "dtype", "mask", "pass", "window")
+"""Candidate main axes of a suite, in order of preference when several vary as much."""
+
+
+def main_axis(cases: list[dict]) -> str | None:
+    """The case field with the most distinct values: the suite's main axis (None when nothing varies)."""
+    counts = {axis: len({str(c.get(axis)) for c in cases}) for axis in SUMMARY_AXES}
+    axis = max(SUMMARY_AXES, key=lambda a: counts[a])
+    return axis if counts[axis] > 1 else None
+
+
+def summary_table(records: list[Record], baseline_name: str | None) -> Table | None:
+    """Implementation x the main axis: the geometric-mean speedup over the baseline of its correct timed cases there,
+    ``≈`` when none of those speedups is beyond the noise; ``✗`` where it was incorrect on a case."""
+    if not baseline_name:
+        return None
+    axis = main_axis([r.case for r in records]) or "seq_q"
+    baselines = {_key(r.case): r for r in records if r.impl == baseline_name}
+    columns = sorted({r.case.get(axis) for r in records}, key=lambda v: (isinstance(v, str), v))
+    cells: dict[str, dict[object, list]] = {}
+    for r in records:
+        if r.impl == baseline_name or not r.ranked:
+            continue
+        row = cells.setdefault(r.impl, {})
+        if r.status in ("incorrect", "implausible"):
+            row.setdefault(r.case.get(axis), []).append(None)
+        elif r.status == "ok":
+            sp = speedup(r, baselines.get(_key(r.case)))
+            if sp is not None:
+                row.setdefault(r.case.get(axis), []).append(sp)
+    cells = {impl: row for impl, row in cells.items() if row}
+    if not cells:
+        return None
+    table = Table(title=markup(f"speedup vs {baseline_name} by {axis} (geometric mean; ≈ inside the noise)"),
+                  title_justify="left")
+    table.add_column("implementation")
+    for value in columns:
+        table.add_column(markup(f"{axis}={value}"), justify="right")
+    for impl in sorted(cells):
+        table.add_row(markup(impl), *(_summary_cell(cells[impl].get(v, [])) for v in columns))
+    return table
+
+
+def _key(case: dict) -> tuple:
+    return tuple(sorted(case.items(), key=lambda kv: kv[0]))
+
+
+def _summary_cell(speedups: list) -> str:
+    if not speedups:
+        return ""
+    if any(s is None for s in speedups):
+        return "[red]✗[/]"
+    geomean = math.exp(sum(math.log(ratio) for ratio, _ in speedups) / len(speedups))
+    return f"{geomean:.2f}x" if any(significant for _, significant in speedups) else f"≈{geomean:.2f}x"
+
+
 def print_run(console: Console, records: Iterable[Record], baseline_name: str | None) -> None:
-    """Print a table per case (in the order cases first appear), the noise note, and the quality tasks' tables."""
+    """Print a table per case (in the order cases first appear) without the implementations the device rules out
+    (named once), the noise note, the summary table, and the quality tasks' tables."""
     # Case imports torch, which the report modules load without (the report commands must start fast).
     from attnbench.case import Case
 
     records = list(records)
+    kernel = [r for r in records if not is_task(r)]
+    absent = set(ruled_out_by_device(kernel))
     groups: dict[str, list[Record]] = {}
-    for r in records:
-        if not is_task(r):
+    for r in kernel:
+        if r.impl not in absent:
             groups.setdefault(Case.from_dict(r.case).label(), []).append(r)
     for label, recs in groups.items():
         console.print(case_table(label, recs, baseline_name))
+    if absent:
+        device = kernel[0].case.get("device", "this device")
+        console.print(f"[dim]Not run on {markup(str(device))} (their declared devices rule it out): "
+                      f"{markup(', '.join(sorted(absent)))}[/]")
     spreads = sorted(r.metrics["process_spread"] for rs in groups.values() for r in rs if "process_spread" in r.metrics)
     if spreads:
         median_spread = spreads[len(spreads) // 2]
@@ -76,4 +148,7 @@ def print_run(console: Console, records: Iterable[Record], baseline_name: str | 
             f"[dim]Worker processes differed by {100 * median_spread:.0f}% (median over pairs) on this machine; "
             "speedups inside the noise are shown as ≈ and are not differences.[/]"
         )
+    summary = summary_table([r for r in kernel if r.impl not in absent], baseline_name)
+    if summary is not None and len(groups) > 1:
+        console.print(summary)
     print_task_records(console, records)
