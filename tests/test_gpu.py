@@ -219,3 +219,60 @@ def test_records_name_the_method_and_the_graph_refusal(registry, pass_):
         assert len(reply["samples_ms"]) >= 1000  # a decode call of a few microseconds: 100 ms of them
     else:
         assert "graph" not in method and notes == [BWD_GRAPH_NOTE]
+
+
+def _bshd_eager(case):
+    def attend(q, k, v):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        scores = (q * case.softmax_scale) @ k.transpose(-2, -1)
+        return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)
+    return attend
+
+
+def test_bshd_layout_is_not_charged_for_the_harness_transposes_on_cuda():
+    from attnbench.implementation import Implementation
+    from attnbench.impls.eager import build as eager_build
+
+    case = Case(1, 8, 8, 1024, 1024, 64, dtype="bfloat16", device="cuda")
+    peaks = {}
+    for impl in (Implementation("eager", eager_build), Implementation("bshd.eager", _bshd_eager, layout="bshd")):
+        reply = measure(impl, Request(impl=impl.name, case=case, seed=0, check_correctness=True, measure_memory=True,
+                                      measure_time=False))
+        assert reply["status"] == "ok", reply["reason"]
+        peaks[impl.name] = reply["metrics"]["peak_bytes"]
+    assert abs(peaks["bshd.eager"] / peaks["eager"] - 1) < 0.05, peaks
+
+
+def test_the_last_request_of_a_case_returns_the_cached_device_memory(registry):
+    from attnbench import measurement
+
+    case = Case(4, 16, 16, 2048, 2048, 64, dtype="bfloat16", device="cuda")
+    reply = measure(registry.get("eager"), Request(impl="eager", case=case, seed=0, check_correctness=True,
+                                                   measure_memory=True, measure_time=True, release=True))
+    assert reply["status"] == "ok", reply["reason"]
+    assert not measurement._REFERENCES.trials
+    assert torch.cuda.memory_reserved() < 64 * 2**20, torch.cuda.memory_reserved()
+
+
+def test_telemetry_is_read_around_the_timed_region(registry):
+    case = Case(1, 8, 8, 1024, 1024, 64, dtype="bfloat16", device="cuda")
+    reply = measure(registry.get("sdpa"), Request(impl="sdpa", case=case, seed=0, check_correctness=False,
+                                                  measure_memory=False, measure_time=True))
+    assert reply["status"] == "ok", reply["reason"]
+    readings = reply.get("telemetry")
+    if readings is None:
+        pytest.skip("this torch gives no device UUID to ask NVML about")
+    assert set(readings) == {"before", "after"} and readings["before"]["read_at"] <= readings["after"]["read_at"]
+
+
+def test_planning_a_cuda_run_leaves_this_process_without_a_cuda_context(tmp_path):
+    import subprocess
+    import sys
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: ctx\nimplementations: {include: [sdpa]}\nmatrix: {seq: [128]}\n")
+    script = ("import sys, torch; from attnbench.cli import build_parser; from attnbench.run_command import build_spec;"
+              f"build_spec(build_parser().parse_args(['run', {str(suite)!r}, '--device', 'cuda', '--output', "
+              f"{str(tmp_path / 'out')!r}]));"
+              "sys.exit(1 if torch.cuda.is_initialized() else 0)")
+    assert subprocess.run([sys.executable, "-c", script], timeout=300).returncode == 0
