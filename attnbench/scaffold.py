@@ -5,7 +5,7 @@
     attnbench-mylib/
       pyproject.toml                     PEP 621; entry point group "attnbench"; a test extra
       README.md
-      src/attnbench_mylib/__init__.py    mylib.attention: plain attention in PyTorch, declared truthfully
+      src/attnbench_mylib/__init__.py    mylib.attention: a working placeholder (torch SDPA), declared truthfully
       tests/conftest.py                  `pytest` alone runs the conformance kit on mylib.attention
       tests/test_conformance.py          a registration test and an example test on the kit's fixtures
 
@@ -57,19 +57,20 @@ testpaths = ["tests"]
 MODULE = '''\
 """attnbench-$name: the ``$name.attention`` implementation for attnbench.
 
-Plain attention in PyTorch (scores, mask, softmax, weighted sum, with float32
-arithmetic whatever the input dtype), correct and declared truthfully. Put your
-kernel in ``build`` and keep the declarations in ``attnbench_implementations``
-true: attnbench holds you to them. ``workspace_bytes`` tells attnbench how much
-memory a call needs, so a run skips what would not fit its budget.
+A working placeholder: torch's ``scaled_dot_product_attention`` with the case's
+mask, correct and declared truthfully. Put your kernel in ``build`` in its place
+and keep the declarations in ``attnbench_implementations`` true: attnbench holds
+you to them. ``workspace_bytes`` tells attnbench how much memory a call needs,
+so a run skips what would not fit its budget.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from attnbench import Case, Implementation, Unsupported, hookimpl
-from attnbench.measure.memory import materialized_workspace_bytes
+from attnbench.measure.memory import fused_workspace_bytes
 
 MASKS = {"none", "causal", "sliding_window"}
 
@@ -99,19 +100,12 @@ def build(case: Case):
     if case.mask not in MASKS:
         # attnbench never asks (the declared masks rule it out), but build is public: say why.
         raise Unsupported(f"mask {case.mask} is not implemented by $name.attention")
-    allowed = visible(case)
+    allowed = visible(case)  # built once here: a boolean (Sq, Skv) mask, broadcast over batch and heads
     scale = case.softmax_scale
-    group = case.group_size  # query heads per key/value head (1 unless GQA/MQA)
 
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if group > 1:
-            # Query head h reads key/value head h // group.
-            k = k.repeat_interleave(group, dim=1)
-            v = v.repeat_interleave(group, dim=1)
-        scores = (q.float() @ k.float().transpose(-2, -1)) * scale
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
+        # The placeholder kernel: replace this call with yours.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=case.gqa)
 
     return attention
 
@@ -119,11 +113,12 @@ def build(case: Case):
 def workspace_bytes(case: Case) -> int:
     """Memory a call needs beyond q, k, v and the output (and their gradients), which attnbench adds.
 
-    This kernel materialises float32 scores. Change it with the kernel (or drop
-    ``memory=`` for a fused kernel's estimate): a close upper bound, as too low
-    lets a case crash and too high skips one that fits.
+    The placeholder is a fused kernel given the mask as a tensor, which torch
+    turns into an additive mask in the input dtype. Change it with the kernel:
+    a close upper bound, as too low lets a case crash and too high skips one that fits.
     """
-    return materialized_workspace_bytes(case, itemsize=4)
+    mask = 0 if case.mask == "none" else case.seq_q * case.seq_kv * (1 + case.dtype.itemsize)
+    return fused_workspace_bytes(case) + mask
 
 
 @hookimpl
@@ -132,13 +127,13 @@ def attnbench_implementations() -> list[Implementation]:
         Implementation(
             name="$name.attention",
             build=build,
-            description="Plain PyTorch attention with float32 arithmetic (attnbench-$name).",
+            description="torch's scaled_dot_product_attention, a placeholder for your kernel (attnbench-$name).",
             devices={"cpu", "cuda"},
             dtypes={torch.float32, torch.float16, torch.bfloat16},
             masks=MASKS,  # block_sparse is not declared: attnbench skips those cases without building
             gqa=True,  # accepts heads_kv < heads_q
             cross=True,  # accepts seq_q != seq_kv
-            backward=True,  # plain autograd ops: differentiable w.r.t. q, k and v
+            backward=True,  # differentiable w.r.t. q, k and v (autograd through SDPA)
             exact=True,  # exact attention: judged by the pass rule (False: error reported, no verdict)
             memory=workspace_bytes,  # for the memory budget (None: attnbench assumes a fused kernel's workspace)
         )
@@ -202,7 +197,7 @@ README = """\
 # attnbench-$name
 
 An attnbench plugin: the implementation
-`$name.attention`, plain attention in PyTorch to be replaced by your kernel.
+`$name.attention`, a working placeholder (torch's SDPA) to be replaced by your kernel.
 
 ## Install and see it
 
