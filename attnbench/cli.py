@@ -113,28 +113,40 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from attnbench.report.runs import find_results, load_runs
+
+    paths = find_results(args.results)
     if args.output:
         from attnbench.report.html import write_report
 
-        page = write_report(args.results, args.output)
+        page = write_report(paths, args.output)
         console.print(f"report: {_escape(str(page))}")
         return EXIT_OK
     from attnbench.report.board import print_leaderboards
     from attnbench.report.quality import kernel_runs, print_task_boards, task_boards
     from attnbench.report.rank import leaderboard
-    from attnbench.report.runs import group_runs, load_runs
+    from attnbench.report.runs import group_runs
 
-    runs = load_runs(args.results)
+    runs = load_runs(paths)
     print_leaderboards(console, [leaderboard(g) for g in group_runs(kernel_runs(runs))])
     print_task_boards(console, task_boards(runs))
     return EXIT_OK
 
 
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from attnbench.compare import EXIT_REGRESSION, compare_runs, print_comparison
-    from attnbench.report.runs import load_runs
+    from attnbench.compare import EXIT_REGRESSION, compare_by, compare_runs, print_comparison, print_steps
+    from attnbench.report.runs import load_runs, load_tree
 
-    base, new = load_runs([args.base, args.new])
+    if args.by:
+        steps, notes = compare_by(load_tree([args.base, *args.new]), args.by)
+        print_steps(console, steps, notes, args.by, args.fail_on_regression, every_pair=args.all)
+        failed = args.fail_on_regression is not None and any(
+            c.regresses(args.fail_on_regression) for step in steps for c in step.changes)
+        return EXIT_REGRESSION if failed else EXIT_OK
+    if len(args.new) != 1:
+        raise UserError(f"compare takes BASE and one NEW ({1 + len(args.new)} results given); "
+                        "to compare several runs along torch versions, add --by torch")
+    base, new = load_runs([args.base, args.new[0]])
     changes = compare_runs(base, new)
     print_comparison(console, base, new, changes, args.fail_on_regression, every_pair=args.all)
     if args.fail_on_regression is not None and any(c.regresses(args.fail_on_regression) for c in changes):
@@ -234,13 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_env)
 
     p = sub.add_parser("report", help="leaderboard of one or more results files: HTML with -o, else tables")
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files or run directories (machines, dates, torch versions)")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files, run directories, or directories "
+                   "searched at any depth for results files (machines, dates, torch versions)")
     p.add_argument("-o", "--output", metavar="DIR", help="write DIR/index.html, a self-contained page")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("compare", help="time ratio per case and implementation between two results, with significance")
     p.add_argument("base", metavar="BASE", help="results.json or run directory to compare against")
-    p.add_argument("new", metavar="NEW", help="results.json or run directory to judge")
+    p.add_argument("new", metavar="NEW", nargs="*", help="results.json or run directory to judge; with --by, any "
+                   "number of results files and directories (searched at any depth), BASE among them")
+    p.add_argument("--by", choices=("torch",), help="compare the latest run of each torch version with the latest of "
+                   "the next version, per suite and hardware")
     p.add_argument("--fail-on-regression", type=float, metavar="PCT",
                    help="exit 4 when a pair broke (ok -> failing) or got significantly slower by more than PCT percent")
     p.add_argument("--all", action="store_true", help="list every pair, within-noise ones included, not only the changes")

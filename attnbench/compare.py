@@ -16,18 +16,28 @@ ok but has no time in NEW *lost its time*.
 BASE broke, lost its time or is missing from NEW, or got significantly slower
 by more than PCT percent; each such pair is listed by name. CI cannot vouch for
 what NEW did not measure, so every way of not measuring it fails.
+
+``--by torch`` takes any number of results (files or directory trees): per
+suite and hardware, the latest run of each torch version (by start time), in
+version order, and compares each with the next: consecutive pairs, so each
+change is charged to the upgrade that made it (oldest-as-base would charge
+2.5's regression to every later version as well). The exit codes are the same:
+4 when any of those comparisons has a regression.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from attnbench.errors import UserError
 from attnbench.report.format import case_label, format_time
 from attnbench.report.runs import Run
 from attnbench.report.speedup import noise
@@ -69,7 +79,7 @@ class Change:
         return self.verdict == SLOWER and self.ratio is not None and (self.ratio - 1) * 100 > threshold_pct
 
 
-def _time(record: Record) -> float | None:
+def median_time(record: Record) -> float | None:
     """The median time when it is a usable one: a positive finite number."""
     t = record.metrics.get("time_ms_median")
     ok = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
@@ -89,7 +99,7 @@ def judge(base: Record | None, new: Record | None) -> Change:
     if base.status != "ok" and new.status == "ok":
         change.verdict = FIXED
         return change
-    t_base, t_new = _time(base), _time(new)
+    t_base, t_new = median_time(base), median_time(new)
     if base.status in MEASURED and new.status in MEASURED and t_base and t_new:
         change.ratio = t_new / t_base
         change.noise = math.hypot(noise(base), noise(new))
@@ -109,6 +119,52 @@ def compare_runs(base: Run, new: Run) -> list[Change]:
     return [judge(base_by_key.get(k), new_by_key.get(k)) for k in keys]
 
 
+def version_key(version: str) -> tuple:
+    """Natural order of version strings: numbers compare as numbers, so 2.10.0 comes after 2.9.1."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p)
+
+
+BY: dict[str, Callable[[Run], str]] = {"torch": lambda run: run.torch}
+"""What ``--by`` can step along: a run's version of it ("?" when the run does not say)."""
+
+
+@dataclass
+class Step:
+    """One comparison of a ``--by`` series: BASE the latest run of one version, NEW the latest of the next."""
+
+    base: Run
+    new: Run
+    changes: list[Change]
+
+
+def compare_by(runs: list[Run], by: str = "torch") -> tuple[list[Step], list[str]]:
+    """Consecutive versions' latest runs compared, per suite and hardware; and a note on each set of runs
+    that gave no comparison (a single version, or runs that do not say theirs)."""
+    version_of = BY[by]
+    series: dict[tuple[str, str], dict[str, Run]] = {}
+    notes = []
+    for run in runs:
+        version = version_of(run)
+        if version == "?":
+            notes.append(f"{run.source}: the run does not say its {by} version; left out")
+            continue
+        latest = series.setdefault((run.suite, run.hardware), {})
+        if version not in latest or run.started >= latest[version].started:
+            latest[version] = run
+    steps = []
+    for (suite, hardware), latest in series.items():
+        versions = sorted(latest, key=version_key)
+        if len(versions) < 2:
+            notes.append(f"{suite} on {hardware}: only {by} {versions[0]}; nothing to compare")
+        for older, newer in zip(versions, versions[1:]):
+            base, new = latest[older], latest[newer]
+            steps.append(Step(base, new, compare_runs(base, new)))
+    if not steps:
+        raise UserError(f"--by {by}: no suite and hardware has runs of two {by} versions to compare"
+                        + "".join(f"; {n}" for n in notes))
+    return steps, notes
+
+
 def _pct(ratio: float) -> str:
     return f"{100 * (ratio - 1):+.1f}%"
 
@@ -119,7 +175,7 @@ def _change_table(title: str, changes: list[Change]) -> Table:
                           ("change", "right"), ("noise", "right"), ("verdict", "left"), ("status", "left")):
         table.add_column(name, justify=justify)
     for c in changes:
-        times = [format_time(_time(r)) if r and _time(r) else "" for r in (c.base, c.new)]
+        times = [format_time(median_time(r)) if r and median_time(r) else "" for r in (c.base, c.new)]
         status = " → ".join(markup(r.status if r else "—") for r in (c.base, c.new))
         if c.new is not None and c.new.status != "ok" and c.new.reason:
             status += f" [dim]{markup(c.new.reason.splitlines()[0])}[/]"
@@ -173,3 +229,15 @@ def print_comparison(console: Console, base: Run, new: Run, changes: list[Change
         verdict = f"[bold red]{len(failing)} regression(s)[/]" if failing else "[green]no regression[/]"
         console.print(f"{verdict}: significant slowdowns beyond {threshold_pct:g}%, or pairs ok in base that are "
                       "not ok, not timed or missing in new")
+
+
+def print_steps(console: Console, steps: list[Step], notes: list[str], by: str, threshold_pct: float | None,
+                every_pair: bool = False) -> None:
+    """Each ``--by`` comparison as ``print_comparison`` prints it, under a heading naming the two versions."""
+    version_of = BY[by]
+    for note in notes:
+        console.print(f"[dim]{markup(note)}[/]")
+    for step in steps:
+        console.rule(f"{markup(step.base.suite)} on {markup(step.base.hardware)}: {by} "
+                     f"{markup(version_of(step.base))} → {markup(version_of(step.new))}", align="left")
+        print_comparison(console, step.base, step.new, step.changes, threshold_pct, every_pair)

@@ -110,3 +110,43 @@ def test_export_refuses_unknown_formats_and_empty_pyperf(tmp_path):
         export(path, "xlsx", tmp_path / "o")
     with pytest.raises(UserError, match="nothing to export"):
         export(path, "pyperf", tmp_path / "o.json")
+
+
+def torch_runs(root):
+    """Latest runs of torch 2.5.1, 2.9.0 and 2.10.0 at various depths, plus an older 2.9.0 run that is superseded."""
+    write_run(root / "a" / "old-2.9", [record("x", C1, 9.0)], torch="2.9.0", started="2026-01-01T00:00:00+00:00")
+    write_run(root / "a" / "b" / "t2.10", [record("x", C1, 1.5, noise=0.01), record("y", C1, 1.0)], torch="2.10.0",
+              started="2026-01-02T00:00:00+00:00")
+    write_run(root / "t2.5", [record("x", C1, 1.0, noise=0.01), record("y", C1, 1.0)], torch="2.5.1",
+              started="2026-01-03T00:00:00+00:00")
+    write_run(root / "a" / "t2.9", [record("x", C1, 1.0, noise=0.01), record("y", C1, 1.0)], torch="2.9.0",
+              started="2026-01-04T00:00:00+00:00")
+
+
+def test_compare_by_torch_steps_through_consecutive_versions(tmp_path, capsys):
+    from attnbench.compare import compare_by
+    from attnbench.report.runs import load_tree
+
+    torch_runs(tmp_path)
+    steps, notes = compare_by(load_tree([tmp_path]))
+    assert [(s.base.torch, s.new.torch) for s in steps] == [("2.5.1", "2.9.0"), ("2.9.0", "2.10.0")]
+    assert steps[0].base.id == "t2.5" and steps[0].new.id == "t2.9"  # the latest 2.9.0 run, not old-2.9
+    verdicts = [{c.impl: c.verdict for c in s.changes} for s in steps]
+    assert verdicts == [{"x": NOISE, "y": NOISE}, {"x": SLOWER, "y": NOISE}]
+    assert main(["compare", str(tmp_path), "--by", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2.5.1 → 2.9.0" in out and "torch 2.9.0 → 2.10.0" in out and "+50.0%" in out
+    assert main(["compare", str(tmp_path / "t2.5"), str(tmp_path / "a"), "--by", "torch", "--fail-on-regression", "10"]) \
+        == EXIT_REGRESSION
+    assert main(["compare", str(tmp_path / "t2.5"), str(tmp_path / "a" / "t2.9"), "--by", "torch",
+                 "--fail-on-regression", "10"]) == 0
+
+
+def test_compare_by_torch_needs_two_versions_and_plain_compare_two_results(tmp_path, capsys):
+    one = write_run(tmp_path / "one", [record("x", C1, 1.0)])
+    two = write_run(tmp_path / "two", [record("x", C1, 1.0)], started="2026-02-01T00:00:00+00:00")
+    assert main(["compare", str(one), str(two), "--by", "torch"]) == 1
+    err = capsys.readouterr().err
+    assert "no suite and hardware has runs of two torch versions" in err and "only torch 2.13.0" in err
+    assert main(["compare", str(one), str(two), str(two)]) == 1
+    assert "--by torch" in capsys.readouterr().err

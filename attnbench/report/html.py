@@ -27,6 +27,7 @@ import attnbench
 from attnbench.report import charts
 from attnbench.report.board import INTERVAL_HEADING, Line, line
 from attnbench.report.format import case_label, error_text, family_label, format_bytes, format_time, seq_text
+from attnbench.report.history import history_views
 from attnbench.report.quality import quality_views, task_boards, without_tasks
 from attnbench.report.rank import CONFIDENCE, REPLICATES, Leaderboard, leaderboard
 from attnbench.report.runs import Entry, Run, family_key, group_runs, load_runs
@@ -108,6 +109,7 @@ def render(runs: list[Run]) -> str:
         sources=[str(r.source) for r in runs],
         boards=boards,
         quality=quality_views(task_boards(runs), palette, anchors),
+        history=history_views(kernel, palette.color),
         rows=rows,
         filters=[(column, label, _choices(rows, key)) for key, column, label in FILTERS],
         runs=[_run_view(r, anchors[id(r)]) for r in runs],

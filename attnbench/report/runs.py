@@ -122,6 +122,51 @@ def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
     return runs
 
 
+JOURNAL_SUFFIX = ".journal.jsonl"
+"""``--output FILE.json`` writes FILE.journal.jsonl beside it: what tells its results file from any other JSON."""
+
+
+def find_results(paths: list[str | os.PathLike]) -> list[Path]:
+    """The results files named by ``paths``: a file as given, a run directory's results.json, and under any other
+    directory, at any depth, every results.json and every FILE.json with its FILE.journal.jsonl beside it.
+
+    Hidden directories (``.venv``, ``.git``) are not searched and links to directories not followed, so a
+    tree with a loop ends. Each file counts once, in path order within a directory; a directory that holds
+    none is a UserError naming it.
+    """
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            found.append(path)  # load_runs says it if it is missing
+            continue
+        if (path / RESULTS_NAME).is_file():
+            found.append(path / RESULTS_NAME)
+            continue
+        inside = []
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            names = set(files)
+            inside += [Path(folder, name) for name in sorted(files) if name == RESULTS_NAME or (
+                name.endswith(".json") and name.removesuffix(".json") + JOURNAL_SUFFIX in names)]
+        if not inside:
+            raise UserError(f"{given}: no results files in this directory or under it "
+                            f"({RESULTS_NAME}, or FILE.json beside its FILE{JOURNAL_SUFFIX})")
+        found += inside
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        if (real := path.resolve()) not in seen:
+            seen.add(real)
+            unique.append(path)
+    return unique
+
+
+def load_tree(paths: list[str | os.PathLike]) -> list[Run]:
+    """``load_runs`` of every results file ``find_results`` finds under ``paths``."""
+    return load_runs(find_results(paths))
+
+
 def case_key(case: dict[str, Any]) -> tuple:
     """Identity of a case; case fields are JSON scalars, so their sorted items are hashable (and cheaper than JSON)."""
     return tuple(sorted(case.items()))
