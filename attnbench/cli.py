@@ -1,4 +1,4 @@
-"""Command line: ``attnbench run | validate | list | plugins | env | report | compare | export | new-plugin``.
+"""Command line: ``attnbench run | validate | list | plugins | env | report | compare | recommend | export | new-plugin``.
 
 Exit codes: 0 done (whatever the records' statuses), 1 usage or input error,
 2 internal error, 3 ``--strict`` and some record is incorrect, crashed,
@@ -154,11 +154,20 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_recommend(args: argparse.Namespace, console: Console) -> int:
+    from attnbench.recommend import model_shape, print_recommendations, recommend
+    from attnbench.report.runs import load_tree
+
+    shape = model_shape(args.model) if args.model else None
+    print_recommendations(console, recommend(load_tree(args.results), args.phase, shape))
+    return EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace, console: Console) -> int:
     from attnbench.export import export
 
     count = export(args.results, args.format, args.output)
-    unit = "benchmarks" if args.format == "pyperf" else "rows"
+    unit = {"pyperf": "benchmarks", "dispatch": "case signatures"}.get(args.format, "rows")
     console.print(f"{count} {unit} -> {_escape(args.output)}")
     return EXIT_OK
 
@@ -268,9 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_new_plugin)
 
     from attnbench.export import FORMATS  # pandas and pyperf load only when exporting
+    from attnbench.recommend import PHASES
 
-    p = sub.add_parser("export", help="write a results file as CSV, Parquet or pyperf JSON")
-    p.add_argument("results", metavar="RESULTS", help="results.json or run directory")
+    p = sub.add_parser("recommend", help="per case, the fastest correct implementation, its speedup and peak memory")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files, run directories, or directories "
+                   "searched at any depth")
+    p.add_argument("--phase", choices=PHASES, help="only training (backward), prefill (forward, more than 16 queries) "
+                   "or decode (forward, at most 16 queries) cases")
+    p.add_argument("--model", metavar="NAME", help="only the cases with this model preset's heads_q, heads_kv and head_dim")
+    p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser("export", help="write results as CSV, Parquet, pyperf JSON, or a dispatch table for serving")
+    p.add_argument("results", metavar="RESULTS", nargs="+", help="results.json or run directory; dispatch: any number "
+                   "of results files and directories (searched at any depth)")
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("-o", "--output", metavar="PATH", required=True, help="file to write")
     p.set_defaults(func=_cmd_export)

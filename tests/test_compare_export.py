@@ -150,3 +150,46 @@ def test_compare_by_torch_needs_two_versions_and_plain_compare_two_results(tmp_p
     assert "no suite and hardware has runs of two torch versions" in err and "only torch 2.13.0" in err
     assert main(["compare", str(one), str(two), str(two)]) == 1
     assert "--by torch" in capsys.readouterr().err
+
+
+def test_dispatch_export_reads_back_as_the_same_ranking(tmp_path, capsys):
+    from attnbench.export import read_dispatch
+    from attnbench.recommend import settings, signature
+
+    fast, slow = case(128, dtype="bfloat16", seq_q=1), case(256)
+    cpu = [record("sdpa", fast, 1.0, noise=0.02), record("flex", fast, 0.5, noise=0.02),
+           record("chunked", fast, 0.505, noise=0.02), record("bad", fast, 0.1, status="incorrect"),
+           record("sdpa", slow, 1.0), record("eager", slow, 2.0), record("reference", slow, 9.0, ranked=False)]
+    write_run(tmp_path / "runs" / "cpu", cpu)
+    write_run(tmp_path / "runs" / "deep" / "gpu", [record("sdpa", fast, 0.1, hardware="Synthetic GPU")],
+              hardware="Synthetic GPU", torch="2.10.0+cu128")
+    write_run(tmp_path / "runs" / "none", [record("sdpa", case(512), status="error")])
+    out = tmp_path / "dispatch.json"
+    assert main(["export", str(tmp_path / "runs"), "--format", "dispatch", "-o", str(out)]) == 0
+    assert "3 case signatures" in capsys.readouterr().out  # the all-error case is left out
+    tables = {(t.hardware, t.torch): t for t in read_dispatch(out)}
+    assert set(tables) == {("Synthetic CPU (2 threads)", "2.13.0"), ("Synthetic GPU", "2.10.0+cu128")}
+    cpu_table = tables["Synthetic CPU (2 threads)", "2.13.0"]
+    for s in settings(load_runs([tmp_path / "runs" / "cpu"])):
+        for p in s.picks:
+            assert cpu_table.ranking(signature(p.case)) == [e.record.impl for e in p.ranked]
+    assert cpu_table.ranking(signature(fast)) == ["flex", "chunked", "sdpa"]
+    assert cpu_table.ranking(signature(slow)) == ["sdpa", "eager"]
+    [flex, chunked, sdpa] = cpu_table.cases[signature(fast)]
+    assert not flex["tied_with_fastest"] and chunked["tied_with_fastest"] and not sdpa["tied_with_fastest"]
+    assert flex["time_ms_median"] == 0.5 and flex["time_ms_iqr"] == pytest.approx(0.01) and flex["exact"]
+    assert signature(fast) == "fwd|bfloat16|none|b1|hq4|hkv4|d32|sq1|skv128"
+
+
+def test_dispatch_reader_refuses_other_files_and_one_file_formats_refuse_several(tmp_path, capsys):
+    from attnbench.export import read_dispatch
+
+    (tmp_path / "x.json").write_text('{"format": "something else"}')
+    with pytest.raises(UserError, match="not an attnbench dispatch table"):
+        read_dispatch(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text('{"format": "attnbench-dispatch", "version": 1, "tables": [{"cases": {"s": [1]}}]}')
+    with pytest.raises(UserError, match=r"tables\[0\]"):
+        read_dispatch(tmp_path / "y.json")
+    a = write_run(tmp_path / "a", [record("x", C1, 1.0)])
+    assert main(["export", str(a), str(a), "--format", "csv", "-o", str(tmp_path / "o.csv")]) == 1
+    assert "exports one results file" in capsys.readouterr().err
