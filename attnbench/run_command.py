@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -160,32 +161,45 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
         worker_memory_bytes=budget if device == "cpu" else None,
         plugins=tuple(sorted({impl.plugin for impl in impls})),
     )
-    if not executor.remote:
-        options = replace(options, ceilings=_ceilings(args, device, options, sorted({c.dtype_name for c in cases})))
+    ceilings, remeasure = (None, None) if executor.remote else _ceilings(args, device, options,
+                                                                         sorted({c.dtype_name for c in cases}))
+    options = replace(options, ceilings=ceilings)
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,
         cases=cases, impls=impls, options=options, baseline=baseline, registry=registry, predict=predict_peak_bytes,
-        executor=executor, tasks=tasks,
+        executor=executor, tasks=tasks, remeasure_ceilings=remeasure,
     )
     out = output_dir(args, suite.name)
     _check_writable(out.folder)
     return spec, out
 
 
-def _ceilings(args: argparse.Namespace, device: str, options: RunOptions, dtypes: list[str]) -> dict | None:
-    """This machine's measured ceilings (cached; measured in a worker-like process), or None when skipped or
-    unmeasurable (said on stderr: the run goes on, without a roofline or an implausible-time check)."""
+def _ceilings(args: argparse.Namespace, device: str, options: RunOptions,
+              dtypes: list[str]) -> tuple[dict | None, Callable[[dict], dict] | None]:
+    """This machine's measured ceilings (cached; measured in a worker-like process) and how to measure them again,
+    or (None, None) when skipped or unmeasurable (said on stderr: the run goes on, without a roofline)."""
     if args.no_measure_peaks:
-        return None
+        return None, None
     env = worker_env(options)
     if device == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = cuda_devices()[0]["uuid"] or "0"
+    software = software_fields()
+
+    def measure(refresh: bool, keep_higher: dict | None = None) -> dict:
+        return measured_ceilings(device, options.device_name, software, dtypes, refresh=refresh, env=env,
+                                 keep_higher=keep_higher)
+
+    def again(previous: dict) -> dict:
+        try:
+            return measure(True, previous)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError):
+            return previous
+
     try:
-        return measured_ceilings(device, options.device_name, software_fields(), dtypes,
-                                 refresh=args.measure_peaks, env=env)
+        return measure(args.measure_peaks), again
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
         Console(stderr=True).print(f"[yellow]warning:[/] ceilings not measured: {markup(str(exc))}")
-        return None
+        return None, None
 
 
 CUDA_CONTEXT_BYTES = 768 * 2**20

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import attnbench
 from attnbench.case import Case
+from attnbench.ceilings import RooflineJudge
 from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig, open_executor
 from attnbench.hardware import fingerprint, hardware_label, published_peaks
@@ -62,6 +63,8 @@ class RunSpec:
     extra_run_info: dict = field(default_factory=dict)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     tasks: list[TaskConfig] = field(default_factory=list)
+    remeasure_ceilings: Callable[[dict], dict] | None = None
+    """Measures this machine's ceilings again, keeping the higher of each (ceilings.measured_ceilings)."""
     """Quality tasks, trained on this machine after the cases (attnbench.quality.runner)."""
 
 
@@ -282,7 +285,11 @@ def run(spec: RunSpec, out: RunPaths | Path, *, resume: bool = False, header: di
     stop = _StopSignals()
     previous_handlers = {signum: signal.signal(signum, stop.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
 
+    roof = RooflineJudge(spec.options.ceilings, peak_tflops=spec.options.peak_tflops,
+                         peak_gbps=spec.options.peak_gbps, remeasure=spec.remeasure_ceilings)
+
     def keep(record: Record) -> None:
+        record = roof.judge(record)
         with stop.held():  # the journal and the results file must agree, whenever the run is stopped
             journal.append(record)
             records.append(record)
@@ -310,6 +317,7 @@ def run(spec: RunSpec, out: RunPaths | Path, *, resume: bool = False, header: di
             signal.signal(signum, handler)
         journal.close()
         run_info["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        run_info["ceilings"]["measured"] = roof.ceilings  # measured again during the run if a record beat them
         run_info["interrupted"] = interrupted
         if spec.executor.remote:
             # The measuring machines, not the one that submitted: each record names its own.

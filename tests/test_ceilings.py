@@ -6,10 +6,8 @@ import pytest
 
 from attnbench import ceilings
 from attnbench.case import Case
-from attnbench.executors.local import LocalExecutor
-from attnbench.options import Timing
-from attnbench.plugins import load_registry
-from attnbench.runner import RunOptions, plan
+from attnbench.cli import main
+from attnbench.results import Record
 
 
 def test_roofline_bound_fraction_and_floor():
@@ -41,13 +39,45 @@ def test_ceilings_are_measured_once_then_read_from_the_cache(tmp_path, monkeypat
     assert json.loads(entry.read_text())["tflops"]["float32"]["best"] > 0
 
 
+def _timed(impl: str, ms: float, exact: bool = True) -> Record:
+    case = Case(1, 8, 8, 1024, 1024, 64).to_dict()  # 2.1 GFLOP forward
+    return Record(impl=impl, case=case, status="ok", reason="", exact=exact,
+                  metrics={"time_ms_median": ms, "time_ms_iqr": 0.01 * ms, "time_ms_n": 10})
+
+
+SLOW = {"tflops": {"float32": {"best": 0.1}}, "gbps": {"best": 10.0}, "last_level_cache_bytes": 2**40}
+
+
 def test_a_time_below_the_roofline_floor_is_implausible_and_approximations_are_exempt():
-    registry = load_registry()
-    slow_machine = {"tflops": {"float32": {"best": 1e-6}}, "gbps": {"best": 1e-6}, "last_level_cache_bytes": None}
-    options = RunOptions(timing=Timing(processes=1, min_time_s=0.01, repeats=3, warmup=1), ceilings=slow_machine)
-    todo, _ = plan([Case(1, 2, 2, 64, 64, 16)], registry.select(include=["eager", "performer.m64"]), options)
-    with LocalExecutor(options) as executor:
-        records = {r.impl: r for r in executor.submit(todo)}
-    assert records["eager"].status == "implausible"
-    assert "roofline floor" in records["eager"].reason
-    assert records["performer.m64"].status == "ok"  # an approximation does less than the exact work counted
+    judge = ceilings.RooflineJudge(SLOW)  # floor: 2.15 GFLOP / 0.1 TFLOP/s = 21.5 ms
+    honest = judge.judge(_timed("honest", 30.0))
+    assert honest.status == "ok" and honest.metrics["roofline_fraction"] == pytest.approx(21.47 / 30, rel=1e-3)
+    cheat = judge.judge(_timed("cheat", 1.0))
+    assert cheat.status == "implausible" and "roofline floor 21.47 ms" in cheat.reason
+    assert judge.judge(_timed("approx", 1.0, exact=False)).status == "ok"
+
+
+def test_ceilings_are_measured_again_before_a_record_is_called_implausible():
+    calls = []
+
+    def remeasure(previous):
+        calls.append(previous)
+        return ceilings.higher(previous, {"tflops": {"float32": {"best": 10.0}}, "gbps": {"best": 100.0}})
+
+    judge = ceilings.RooflineJudge(SLOW, remeasure=remeasure)
+    # 5 ms beats the cached (busy-machine) ceiling, not the one measured now: honest, and measured once only.
+    assert judge.judge(_timed("fast", 5.0)).status == "ok"
+    assert judge.judge(_timed("cheat", 0.01)).status == "implausible"
+    assert len(calls) == 1 and judge.ceilings["tflops"]["float32"]["best"] == 10.0
+
+
+def test_a_run_records_its_ceilings_and_roofline(tmp_path, monkeypatch):
+    monkeypatch.setenv(ceilings.CACHE_ENV, str(tmp_path / "cache"))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: roof\nimplementations: {include: [sdpa]}\nmatrix: {seq: [64]}\n"
+                     "timing: {warmup: 1, min_time_s: 0.01, repeats: 3}\n")
+    assert main(["run", str(suite), "--output", str(tmp_path / "out.json"), "--quiet"]) == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["run"]["ceilings"]["measured"]["tflops"]["float32"]["best"] > 0
+    (record,) = [r for r in data["records"] if r["status"] == "ok"]
+    assert 0 < record["metrics"]["roofline_fraction"] and record["metrics"]["bound"] in ("compute", "memory")

@@ -23,7 +23,6 @@ from dataclasses import replace
 from typing import Protocol
 
 from attnbench.case import Case
-from attnbench.ceilings import IMPLAUSIBLE_FACTOR, roofline
 from attnbench.executors.machine import compact_environment
 from attnbench.executors.placement import Gpu, Slot, by_case, device_slots
 from attnbench.hardware import cpu_model, cuda_devices, device_peak
@@ -148,13 +147,6 @@ class SlotWorkers:
             metrics = s["metrics"]
             if s["samples"]:
                 metrics.update(self._timing_metrics(case, s["samples"], s["process_medians"]))
-                floor = metrics.get("roofline_floor_ms")
-                # Approximations do less work than the exact FLOPs counted for the case: no floor binds them.
-                if s["status"] == "ok" and impl.exact and floor and metrics["time_ms_median"] < IMPLAUSIBLE_FACTOR * floor:
-                    s["status"] = "implausible"
-                    s["reason"] = (f"median {metrics['time_ms_median']:.4g} ms is below {IMPLAUSIBLE_FACTOR:g} x the "
-                                   f"roofline floor {floor:.4g} ms this machine's measured ceilings allow "
-                                   f"({metrics.get('bound', '?')}-bound)")
             where = {**self.where, "pids": s["pids"], "started": s["started"], "finished": s["finished"]}
             if s["telemetry"]:
                 where["gpu_telemetry"] = s["telemetry"]
@@ -193,18 +185,7 @@ class SlotWorkers:
             metrics["pct_peak_tflops"] = 100 * metrics["tflops"] / peak_tflops
         if peak_gbps:
             metrics["pct_peak_gbps"] = 100 * metrics["gbps"] / peak_gbps
-        metrics.update(self._roofline(case, seconds))
         return metrics
-
-    def _roofline(self, case: Case, seconds: float) -> dict:
-        """The record under this machine's measured roofline (``--peak-*`` replace the measured ceilings)."""
-        measured = self.options.ceilings or {}
-        rates = {name: entry["best"] for name, entry in measured.get("tflops", {}).items()}
-        peak_tflops = self.options.peak_tflops or rates.get(case.dtype_name)
-        peak_gbps = self.options.peak_gbps or measured.get("gbps", {}).get("best")
-        fastest = max([peak_tflops or 0, *rates.values()]) or None
-        return roofline(case.flops(), case.io_bytes(), seconds, peak_tflops=peak_tflops, peak_gbps=peak_gbps,
-                        fastest_tflops=fastest, cache_bytes=measured.get("last_level_cache_bytes"))
 
 
 def trials_for_process(process: int, seeds: int, processes: int) -> list[int]:
