@@ -30,8 +30,12 @@ class Line:
     scored: str
     coverage: str
     pass_rate: str
+    win_rate: str
+    fast_1: str
     memory: str
     error: str
+    implausible: str
+    """``3 implausible`` when some of its records were faster than the roofline floor allows, else empty."""
 
 
 def sig3(x: float) -> str:
@@ -71,22 +75,33 @@ def line(s: Standing) -> Line:
         scored=str(s.cases_scored),
         coverage=f"{s.cases_supported}/{s.cases_total} ({s.coverage:.0%})",
         pass_rate=pass_rate,
+        win_rate=f"{s.win_rate:.0%} ({s.wins}/{s.cases_total})",
+        fast_1=f"{s.fast_1:.0%}",
         memory=_ratio(s.memory_ratio),
         error=error,
+        implausible=f"{s.implausible} implausible" if s.implausible else "",
     )
+
+
+def off_device_text(board: Leaderboard) -> str:
+    """The implementations that cannot run on the board's device, with the first one's reason: one line."""
+    names = ", ".join(impl for impl, _ in board.off_device)
+    return f"{names} ({board.off_device[0][1]})" if len(board.off_device) == 1 else names
 
 
 def _table(title: str, standings: list[Standing], with_error: bool) -> Table:
     table = Table(title=markup(title), title_justify="left")
     columns = [("rank", "right"), ("implementation", "left"), ("score", "right"), (INTERVAL_HEADING, "right"),
-               ("cases scored", "right"), ("coverage", "right"), ("pass rate", "right"), ("memory", "right")]
+               ("cases scored", "right"), ("coverage", "right"), ("pass rate", "right"), ("win rate", "right"),
+               ("fast_1", "right"), ("memory", "right")]
     columns += [("rel err median / worst", "right")] if with_error else []
     columns += [("plugin", "left"), ("version", "left"), ("tied with", "left")]
     for name, justify in columns:
         table.add_column(name, justify=justify)
     for s in standings:
         c = line(s)
-        cells = [c.rank, c.impl, c.score, c.interval, c.scored, c.coverage, c.pass_rate, c.memory]
+        scored = f"{c.scored} ({c.implausible})" if c.implausible else c.scored
+        cells = [c.rank, c.impl, c.score, c.interval, scored, c.coverage, c.pass_rate, c.win_rate, c.fast_1, c.memory]
         cells += [c.error] if with_error else []
         cells += [c.plugin, c.version, c.tied]
         table.add_row(*(markup(x) for x in cells), style="bold" if s.rank == 1 else None)
@@ -104,8 +119,11 @@ def print_leaderboards(console: Console, boards: list[Leaderboard]) -> None:
             console.print(_table(f"{g.title} — approximate implementations", board.approximate, with_error=True))
         if board.unranked:
             console.print(f"[dim]not ranked: {markup(', '.join(s.impl for s in board.unranked))}[/]")
+        if board.off_device:
+            console.print(f"[dim]cannot run on this device: {markup(off_device_text(board))}[/]")
         if g.superseded:
             console.print(f"[dim]{g.superseded} records superseded by newer runs of the same pairs[/]")
     console.print(f"[dim]Score: geometric-mean speedup over the baseline across the cases run correctly (no credit for a "
                   f"wrong case); {INTERVAL_HEADING}s overlap = tied; rank = 1 + the number of implementations "
-                  f"entirely above.[/]")
+                  f"entirely above. Win rate: cases right and faster beyond noise / all cases; fast_1: right and "
+                  f"faster at all. Implausible records (faster than the roofline floor) are not scored.[/]")

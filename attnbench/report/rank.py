@@ -20,7 +20,15 @@ Ranks: rank = 1 + the number of implementations of the same section whose whole
 interval lies above this one's; implementations whose intervals overlap are
 tied (``tied_with``). Approximate implementations (``exact=false``) are ranked
 in their own section; ``ranked=false`` ones (the float64 reference) are listed,
-not ranked.
+not ranked; those that cannot run on the board's device at all (every record
+``unsupported`` for a reason starting "device ") are named apart, not listed
+as rows of no coverage.
+
+An ``implausible`` record (timed faster than the roofline floor of the
+machine's measured ceilings allows) earns no speed credit: it is kept out of
+the score, fast_p and the win rate, counts against the pass rate as the
+failure results.FAILURES makes it, and is counted on its implementation's
+line so that the board says why.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attnbench.report.fastp import fast_p, wins
 from attnbench.report.runs import Entry, Group
 from attnbench.report.speedup import noise
 from attnbench.results import FAILURES
@@ -43,7 +52,10 @@ SEED = 0
 
 ATTEMPTED = ("ok", *FAILURES)
 """Statuses that count towards the pass rate: a verdict was reached or the implementation failed on its own.
-``unsupported``, ``skipped`` (memory budget) and ``oom`` are resource or capability limits, not wrong answers."""
+``unsupported``, ``skipped`` (memory budget) and ``oom`` are resource or capability limits, not wrong answers;
+``implausible`` (a time faster than the hardware allows) is one of the failures."""
+OFF_DEVICE = "device "
+"""How the reason of a record starts when its implementation does not run on the case's device at all."""
 
 
 @dataclass
@@ -67,10 +79,22 @@ class Standing:
     rel_err_max: float | None = None
     rank: int | None = None
     tied_with: list[str] = field(default_factory=list)
+    speedups: list[float] = field(default_factory=list)
+    """Speedup over the baseline of each scored case, sorted: what fast_p counts."""
+    wins: int = 0
+    implausible: int = 0
 
     @property
     def coverage(self) -> float:
         return self.cases_supported / self.cases_total if self.cases_total else 0.0
+
+    @property
+    def win_rate(self) -> float:
+        return self.wins / self.cases_total if self.cases_total else 0.0
+
+    @property
+    def fast_1(self) -> float:
+        return fast_p(self.speedups, self.cases_total, 1.0)
 
     @property
     def pass_rate(self) -> float | None:
@@ -85,6 +109,12 @@ class Leaderboard:
     exact: list[Standing]
     approximate: list[Standing]
     unranked: list[Standing]
+    off_device: list[tuple[str, str]] = field(default_factory=list)
+    """(implementation, reason) of those that cannot run on the group's device at all."""
+
+    @property
+    def implausible(self) -> int:
+        return sum(s.implausible for s in (*self.exact, *self.approximate, *self.unranked))
 
 
 def case_speedup(entry: Entry) -> tuple[float, float] | None:
@@ -127,6 +157,7 @@ def standing(impl: str, entries: list[Entry], cases_total: int) -> Standing:
         cases_supported=sum(e.record.status != "unsupported" for e in entries), cases_scored=0,
         passed=sum(e.record.status == "ok" for e in entries),
         attempted=sum(e.record.status in ATTEMPTED for e in entries),
+        wins=sum(map(wins, entries)), implausible=sum(e.record.status == "implausible" for e in entries),
     )
     log_ratios, sigmas, memory = [], [], []
     for e in entries:
@@ -145,6 +176,7 @@ def standing(impl: str, entries: list[Entry], cases_total: int) -> Standing:
     line.memory_ratio = geomean(memory)
     if log_ratios:
         line.cases_scored = len(log_ratios)
+        line.speedups = sorted(math.exp(x) for x in log_ratios)
         line.score = math.exp(statistics.fmean(log_ratios))
         line.low, line.high = bootstrap_interval(log_ratios, sigmas, SEED + zlib.crc32(impl.encode()))
     return line
@@ -160,11 +192,19 @@ def assign_ranks(section: list[Standing]) -> list[Standing]:
     return sorted(scored, key=lambda s: (s.rank, -s.score, s.impl)) + unscored
 
 
+def off_device(entries: list[Entry]) -> bool:
+    """Whether every record says the implementation does not run on the device at all."""
+    return all(e.record.status == "unsupported" and e.record.reason.startswith(OFF_DEVICE) for e in entries)
+
+
 def leaderboard(group: Group) -> Leaderboard:
     """The leaderboard of one group."""
     by_impl: dict[str, list[Entry]] = {}
     for e in group.entries:
         by_impl.setdefault(e.record.impl, []).append(e)
+    absent = sorted((impl, entries[0].record.reason) for impl, entries in by_impl.items() if off_device(entries))
+    for impl, _ in absent:
+        del by_impl[impl]
     lines = {impl: standing(impl, entries, len(group.cases)) for impl, entries in by_impl.items()}
     ranked = {impl for impl, entries in by_impl.items() if entries[0].record.ranked}
     return Leaderboard(
@@ -172,4 +212,5 @@ def leaderboard(group: Group) -> Leaderboard:
         exact=assign_ranks([s for impl, s in lines.items() if impl in ranked and s.exact]),
         approximate=assign_ranks([s for impl, s in lines.items() if impl in ranked and not s.exact]),
         unranked=sorted((s for impl, s in lines.items() if impl not in ranked), key=lambda s: s.impl),
+        off_device=absent,
     )
