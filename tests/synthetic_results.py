@@ -12,13 +12,21 @@ def case(seq: int = 128, dtype: str = "float32", mask: str = "none", pass_: str 
             "dtype": dtype, "device": "cpu", "mask": mask, "window": None, "scale": None, "pass": pass_}
 
 
+CEILINGS = {"measured": {"tflops": {"float32": {"best": 2.0, "median": 1.9, "spread": 0.02},
+                                    "bfloat16": {"best": 8.0, "median": 7.8, "spread": 0.03}},
+                         "gbps": {"best": 40.0, "median": 38.0, "spread": 0.05}, "cached": False},
+            "published": {"name": "Synthetic", "tflops": {"float32": 3.0, "bfloat16": 12.0}, "gbps": 50.0}}
+"""``run.ceilings`` as attnbench.ceilings (measured: best, median, spread) and hardware (published) write it."""
+
+
 def record(impl: str, case_: dict, ms: float | None = 1.0, status: str = "ok", *, noise: float = 0.0,
            peak: int | None = 1000, rel_err: float | None = 1e-6, exact: bool = True, ranked: bool = True,
            reason: str = "", plugin: str = "", version: str = "1.0", process_medians: list[float] | None = None,
-           hardware: str = "Synthetic CPU") -> Record:
-    """A record; ``ms`` None (or a status that is not measured) leaves the timing out. ``noise`` is IQR/median."""
+           hardware: str = "Synthetic CPU", intensity: float | None = None) -> Record:
+    """A record; ``ms`` None (or a status that is not measured) leaves the timing out. ``noise`` is IQR/median.
+    ``intensity`` adds the roofline metrics (arithmetic intensity, bound, roofline fraction) against CEILINGS."""
     metrics: dict = {}
-    if ms is not None and status in ("ok", "incorrect"):
+    if ms is not None and status in ("ok", "incorrect", "implausible"):
         medians = process_medians or [ms, ms]
         metrics = {"time_ms_median": ms, "time_ms_iqr": noise * ms, "time_ms_n": 10,
                    "time_ms_process_medians": medians, "process_spread": max(medians) / min(medians) - 1,
@@ -27,6 +35,11 @@ def record(impl: str, case_: dict, ms: float | None = 1.0, status: str = "ok", *
             metrics["peak_bytes"] = peak
         if rel_err is not None:
             metrics["rel_err"] = rel_err
+        if intensity is not None:
+            peak_tflops, gbps = CEILINGS["measured"]["tflops"]["float32"]["best"], CEILINGS["measured"]["gbps"]["best"]
+            roof = min(peak_tflops, intensity * gbps / 1000)
+            metrics |= {"arithmetic_intensity": intensity, "roofline_fraction": metrics["tflops"] / roof,
+                        "bound": "compute" if roof == peak_tflops else "memory"}
     if status not in ("ok",) and not reason:
         reason = f"synthetic {status}"
     return Record(impl=impl, case=case_, status=status, reason=reason, plugin=plugin or f"plugin.{impl}",

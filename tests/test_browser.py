@@ -15,9 +15,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from synthetic_results import case, record, task_record, write_run
+from synthetic_results import CEILINGS, case, record, task_record, write_run
 
+from attnbench.report import html as page_html
 from attnbench.report.html import PAGE_NAME
+from attnbench.report.pagedata import PAGE_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "reports" / "test-artifacts"
@@ -226,4 +228,126 @@ def test_quality_chart_renders(browser, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.execute_script("document.getElementById('quality').scrollIntoView()")
     assert browser.save_screenshot(str(ARTIFACTS / "quality.png"))
+    assert_offline_and_quiet(browser)
+
+
+BIG_CASES = [case(seq, dtype=d, mask=m, pass_=p) | {"batch": b} for b in (1, 2, 3) for seq in (64, 128, 256)
+             for d in ("float32", "bfloat16") for m in ("none", "causal") for p in ("fwd", "bwd")]
+OFF_DEVICE = "gpu.only"
+
+
+@pytest.fixture(scope="module")
+def big_page(tmp_path_factory):
+    """A board of 360 records with roofline metrics and ceilings: the case table pages, the family charts past a
+    small budget are carried gzipped, one implementation has implausible records, one cannot run on the device."""
+    tmp = tmp_path_factory.mktemp("big")
+    records = []
+    for i, c in enumerate(BIG_CASES):
+        intensity = 4.0 * c["seq_kv"]
+        records += [record("base", c, 1.0 + i / 100, intensity=intensity, noise=0.01),
+                    record("fast", c, 0.5 + i / 100, intensity=intensity, noise=0.01),
+                    record("cheat", c, 0.001, status="implausible", reason="below the floor", intensity=intensity)
+                    if i % 9 == 0 else record("cheat", c, 0.9 + i / 100, intensity=intensity, noise=0.01),
+                    record(OFF_DEVICE, c, status="unsupported", reason="device cpu not supported (declares cuda)")]
+    path = write_run(tmp / "big", records, ceilings=CEILINGS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(page_html, "INLINE_CHART_BYTES", 20_000)
+        page = page_html.write_report([path], tmp / "page")
+    return page, records
+
+
+def test_the_board_shows_fast_p_and_the_roofline(browser, big_page):
+    from selenium.webdriver.common.by import By
+
+    page, records = big_page
+    implausible = sum(r.status == "implausible" for r in records)
+    browser.get_log("performance")
+    browser.get(page.as_uri())
+    [board] = browser.find_elements(By.CSS_SELECTOR, "section.leaderboard")
+    fastp = board.find_element(By.CSS_SELECTOR, 'svg[aria-label="fast_p: right and more than p× faster"]')
+    roofline = board.find_element(By.CSS_SELECTOR, 'svg[aria-label="Roofline"]')
+    for chart in (fastp, roofline):
+        assert chart.is_displayed() and chart.size["width"] > 300 and chart.size["height"] > 200
+    stairs = fastp.find_elements(By.CSS_SELECTOR, "polyline.step")
+    assert len(stairs) == 3 and all(s.size["width"] > 100 for s in stairs)  # base, fast, cheat
+    roofs = roofline.find_elements(By.CSS_SELECTOR, "polyline.roof")
+    assert len(roofs) == 4 and all(r.size["width"] > 100 for r in roofs)  # float32 and bfloat16, measured and published
+    assert len(roofline.find_elements(By.CSS_SELECTOR, "polyline.roof.published")) == 2
+    tips = browser.execute_script("""return Array.from(arguments[0].querySelectorAll('title'))
+        .map(t => t.textContent).filter(t => t.includes(' FLOP/B'));""", roofline)
+    assert tips and any("implausible" in t for t in tips) and any("of the roof" in t for t in tips)
+    # Implausible records are marked, and the implementation that cannot run here is one line, not a row.
+    assert f"+{implausible} implausible" in board.find_element(By.CSS_SELECTOR, "table.board").text
+    assert board.find_element(By.CSS_SELECTOR, "p.off-device").text.startswith(f"Cannot run on cpu at all: {OFF_DEVICE}")
+    assert OFF_DEVICE not in [td.text for td in board.find_elements(By.CSS_SELECTOR, "table.board td.impl")]
+    # The rules come after the boards, folded.
+    rules = browser.find_element(By.ID, "rules")
+    assert rules.tag_name == "details" and rules.get_attribute("open") is None
+    assert browser.execute_script("return arguments[0].compareDocumentPosition(arguments[1]) & 4", board, rules)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("arguments[0].scrollIntoView()", fastp)
+    assert browser.save_screenshot(str(ARTIFACTS / "board-charts.png"))
+    assert_offline_and_quiet(browser)
+
+
+def test_a_large_case_table_pages_sorts_and_filters_its_data(browser, big_page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    page, records = big_page
+    total = len(records)
+    browser.get_log("performance")
+    browser.get(page.as_uri())
+    assert browser.execute_script("return performance.getEntriesByName('attnbench-ready').length") == 1
+    count, pager = browser.find_element(By.ID, "case-count"), browser.find_element(By.ID, "case-page")
+    assert count.text == f"{total} of {total} records" and len(visible_rows(browser)) == PAGE_ROWS
+    assert pager.text == f"rows 1–{PAGE_ROWS} of {total}"
+    [previous, following] = browser.find_elements(By.CSS_SELECTOR, "#case-pager button")
+    following.click()
+    assert len(visible_rows(browser)) == total - PAGE_ROWS and pager.text == f"rows {PAGE_ROWS + 1}–{total} of {total}"
+    assert not following.is_enabled() and previous.is_enabled()
+    # Sorting orders all the data, not the page: the first row is the fastest of every record, the untimed last.
+    header(browser, "time ± noise").click()
+    times = sorted(r.metrics["time_ms_median"] for r in records if r.metrics)
+    assert pager.text == f"rows 1–{PAGE_ROWS} of {total}"
+    assert column_values(browser, "time ± noise")[:3] == pytest.approx(times[:3])
+    following.click()
+    values = column_values(browser, "time ± noise")
+    assert values[-1] is None and [v for v in values if v is not None] == pytest.approx(times[PAGE_ROWS:])
+    header(browser, "time ± noise").click()
+    assert column_values(browser, "time ± noise")[0] == pytest.approx(times[-1])
+    # Filters keep the sort, and the count and pages follow them.
+    Select(browser.find_element(By.CSS_SELECTOR, 'select[data-column="6"]')).select_by_visible_text("fast")
+    rows = visible_rows(browser)
+    assert count.text == f"{len(BIG_CASES)} of {total} records" and all(r[6] == "fast" for r in rows)
+    assert column_values(browser, "time ± noise") == sorted(column_values(browser, "time ± noise"), reverse=True)
+    assert not browser.find_element(By.ID, "case-pager").is_displayed() or pager.text.endswith(f"of {len(BIG_CASES)}")
+    Select(browser.find_element(By.CSS_SELECTOR, 'select[data-column="7"]')).select_by_visible_text("implausible")
+    assert visible_rows(browser) == [] and pager.text == "no rows"
+    Select(browser.find_element(By.CSS_SELECTOR, 'select[data-column="6"]')).select_by_visible_text("cheat")
+    rows = visible_rows(browser)
+    implausible = sum(r.status == "implausible" for r in records)
+    assert len(rows) == implausible and all(r[7] == "implausible" and r[9] == "not scored" for r in rows)
+    browser.find_element(By.ID, "case-search").send_keys("N256")
+    WebDriverWait(browser, 10).until(lambda _: count.text != f"{implausible} of {total} records")
+    assert all("N256" in r[1] for r in visible_rows(browser))
+    assert_offline_and_quiet(browser)
+
+
+def test_family_charts_carried_compressed_draw_when_opened(browser, big_page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page, _ = big_page
+    browser.get_log("performance")
+    browser.get(page.as_uri())
+    lazy = browser.find_elements(By.CSS_SELECTOR, "details.family[data-lazy]")
+    assert lazy and not lazy[0].find_elements(By.CSS_SELECTOR, "svg")
+    drawn = browser.find_element(By.CSS_SELECTOR, "details.family[open]")
+    assert len(drawn.find_elements(By.CSS_SELECTOR, "svg.chart")) == 3
+    lazy[-1].find_element(By.TAG_NAME, "summary").click()
+    WebDriverWait(browser, 10).until(lambda _: len(lazy[-1].find_elements(By.CSS_SELECTOR, "svg.chart")) == 3)
+    charts = lazy[-1].find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert all(c.is_displayed() and c.size["width"] > 300 for c in charts)
+    assert lazy[-1].get_attribute("data-lazy") is None
     assert_offline_and_quiet(browser)

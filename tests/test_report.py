@@ -1,5 +1,6 @@
 """Leaderboards: ranking math on synthetic records, merging runs, the HTML page and its escaping, the report command."""
 
+import json
 import math
 import os
 import re
@@ -179,7 +180,11 @@ def test_plugin_text_shows_as_text(tmp_path, capsys):
     html = render([Run(info=info, records=records, source=tmp_path / "results.json")])
     assert XSS_SCRIPT not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert html.count("<script") == 1  # ours, the table script
+    # Ours only: the page's script and the case table's data, where the text is JSON with < > & escaped.
+    assert re.findall(r"<script[^>]*>", html) == ['<script type="application/json" id="case-data">', "<script>"]
+    data = re.search(r'id="case-data">(.*?)</script>', html, re.S).group(1)
+    assert "<" not in data and ">" not in data and "\\u003cscript\\u003e" in data
+    assert evil in json.loads(data)["strings"]
     # Inside SVG tooltips and legends too.
     assert "<title>&lt;script&gt;alert(1)" in html
 

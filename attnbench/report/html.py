@@ -2,11 +2,13 @@
 
 The page is rendered by jinja2 with autoescape on, so every plugin-provided
 string (names, versions, reasons, environment values) is escaped by the
-template; nothing of theirs is marked safe. Only our own CSS and script and the
-SVG charts (whose text charts.py escapes itself) go in as markup. The CSS and
-the table script ship as package data (``report/static``) and are inlined:
+template; nothing of theirs is marked safe. Only our own CSS and script, the
+SVG charts (whose text charts.py escapes itself) and the script's JSON data
+(pagedata writes it so that no text can end its element) go in as markup. The
+CSS and the script ship as package data (``report/static``) and are inlined:
 the page is one file that opens from the filesystem with no network and keeps
-working when copied elsewhere.
+working when copied elsewhere. The boards and their charts are all server-side;
+the script sorts, filters and pages the case table from its data (pagedata).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from markupsafe import Markup
 
 import attnbench
 from attnbench.report import charts
-from attnbench.report.board import INTERVAL_HEADING, Line, line
+from attnbench.report.board import INTERVAL_HEADING, Line, line, off_device_text
 from attnbench.report.format import case_label, error_text, family_label, format_bytes, format_time, seq_text
 from attnbench.report.history import history_views
+from attnbench.report.pagedata import INLINE_CHART_BYTES, PAGE_ROWS, LazyCharts, pack, script_json
 from attnbench.report.quality import quality_views, task_boards, without_tasks
 from attnbench.report.rank import CONFIDENCE, REPLICATES, Leaderboard, leaderboard
+from attnbench.report.roofline_chart import ceilings_of, roofline_chart
 from attnbench.report.runs import Entry, Run, family_key, group_runs, load_runs
 from attnbench.report.speedup import noise, speedup
 from attnbench.results import MEASURED, write_text_atomic
@@ -38,6 +42,8 @@ PAGE_NAME = "index.html"
 FILTERS = (("hardware", 0, "hardware"), ("seq", 2, "sequence length"), ("dtype", 3, "dtype"), ("mask", 4, "mask"),
            ("pass_", 5, "pass"), ("impl", 6, "implementation"), ("status_text", 7, "status"))
 """The case table's filters: CaseRow field, column of the table, label."""
+SHOWN = (*MEASURED, "implausible")
+"""Statuses whose figures the case table shows: an implausible record was timed, its time just cannot be true."""
 
 
 class Cell(NamedTuple):
@@ -79,7 +85,11 @@ class BoardView:
     error_chart: Markup | None
     runs: list[tuple[Run, str]]
     """The group's runs with the page anchor of their environment."""
-    families: list[tuple[str, list[Markup]]] = field(default_factory=list)
+    fastp_chart: Markup | None = None
+    roofline_chart: Markup | None = None
+    off_device: str = ""
+    families: list[tuple[str, list[Markup], int | None]] = field(default_factory=list)
+    """Label, charts drawn into the page, and the LazyCharts number of those drawn when opened."""
 
 
 def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
@@ -100,7 +110,8 @@ def render(runs: list[Run]) -> str:
     palette = charts.Palette(r.impl for run in runs for r in run.records)
     anchors = {id(run): f"run-{i}" for i, run in enumerate(runs, 1)}
     anchors |= {id(k): anchors[id(run)] for run, k in zip(runs, kernel)}
-    boards = [_board_view(i, leaderboard(g), palette, anchors) for i, g in enumerate(groups, 1)]
+    lazy = LazyCharts()
+    boards = [_board_view(i, leaderboard(g), palette, anchors, lazy) for i, g in enumerate(groups, 1)]
     rows = [_case_row(e) for g in groups for e in g.entries]
     template = _environment().get_template("report.html")
     return template.render(
@@ -111,6 +122,9 @@ def render(runs: list[Run]) -> str:
         quality=quality_views(task_boards(runs), palette, anchors),
         history=history_views(kernel, palette.color),
         rows=rows,
+        page_rows=PAGE_ROWS,
+        case_data=script_json(pack(map(_packed, rows))),
+        family_data=lazy.blob(),
         filters=[(column, label, _choices(rows, key)) for key, column, label in FILTERS],
         runs=[_run_view(r, anchors[id(r)]) for r in runs],
         confidence=f"{CONFIDENCE:.0%}",
@@ -135,7 +149,8 @@ def _static(name: str) -> str:
     return (resources.files("attnbench.report") / "static" / name).read_text(encoding="utf-8")
 
 
-def _board_view(index: int, board: Leaderboard, palette: charts.Palette, anchors: dict[int, str]) -> BoardView:
+def _board_view(index: int, board: Leaderboard, palette: charts.Palette, anchors: dict[int, str],
+                lazy: LazyCharts) -> BoardView:
     entries = board.group.entries
     view = BoardView(
         anchor=f"board-{index}",
@@ -144,15 +159,26 @@ def _board_view(index: int, board: Leaderboard, palette: charts.Palette, anchors
         approximate=[(line(s), s.rank == 1) for s in board.approximate],
         error_chart=charts.error_chart(entries, palette),
         runs=[(run, anchors[id(run)]) for run in board.group.runs],
+        fastp_chart=charts.fastp_chart(board.exact + board.approximate, palette),
+        roofline_chart=roofline_chart(entries, ceilings_of(board.group.runs), palette),
+        off_device=off_device_text(board) if board.off_device else "",
     )
+    inline = 0
     families: dict[tuple, list[Entry]] = {}
     for e in entries:
         families.setdefault(family_key(e.record.case), []).append(e)
     for members in families.values():
         drawn = [c for c in (charts.time_chart(members, palette), charts.tflops_chart(members, palette),
                              charts.memory_chart(members, palette)) if c is not None]
-        if drawn:
-            view.families.append((family_label(members[0].record.case), drawn))
+        if not drawn:
+            continue
+        # The first family is always drawn; past the budget the page carries them compressed, drawn when opened.
+        size = sum(map(len, drawn))
+        if view.families and inline + size > INLINE_CHART_BYTES:
+            view.families.append((family_label(members[0].record.case), [], lazy.add(drawn)))
+        else:
+            inline += size
+            view.families.append((family_label(members[0].record.case), drawn, None))
     return view
 
 
@@ -171,6 +197,9 @@ def _note(text: str, why: str = "") -> Cell:
 
 def _speedup_cell(e: Entry) -> Cell:
     rec, base = e.record, e.baseline
+    if rec.status == "implausible":
+        return _note("not scored", f"implausible: {rec.reason or 'faster than the roofline floor allows'}; "
+                                   "kept out of the score")
     if rec.status not in MEASURED:
         return _why(e)
     if rec.status != "ok":
@@ -193,8 +222,18 @@ def _speedup_cell(e: Entry) -> Cell:
 def _metric_cell(e: Entry, key: str, text: Callable[[float], str]) -> Cell:
     value = e.record.metrics.get(key)
     if value is None:
-        return _why(e) if e.record.status not in MEASURED else _note("not measured")
+        return _why(e) if e.record.status not in SHOWN else _note("not measured")
     return _number(value, text(value))
+
+
+def _packed(row: CaseRow) -> list[str | float | None]:
+    """A case row as the page's script reads it (report.js, ROW): its fields, each cell's sort key, text and
+    tooltip; a sort key is a number, or None for a cell without a value."""
+    fields: list[str | float | None] = [row.hardware, row.label, float(row.seq_sort), row.seq, row.dtype, row.mask,
+                                        row.pass_, row.impl, row.status, row.status_text]
+    for cell in row.cells:
+        fields += [float(cell.sort) if cell.sort else None, cell.text, cell.why]
+    return [*fields, row.reason]
 
 
 def _case_row(e: Entry) -> CaseRow:
