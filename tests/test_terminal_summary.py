@@ -1,5 +1,7 @@
 """What a newcomer's run prints: no rows for implementations the device rules out, one summary table, the paths."""
 
+from pathlib import Path
+
 from rich.console import Console
 
 from attnbench.report.terminal import main_axis, print_run, ruled_out_by_device, summary_table
@@ -40,3 +42,21 @@ def test_the_summary_is_implementation_by_main_axis_with_noise_marked():
     assert "0.50x" in eager and "≈1.00x" in eager  # 2x slower at 64; within the 1% noise at 128
     bad = next(line for line in text.splitlines() if "bad" in line)
     assert "✗" in bad and "2.00x" in bad
+
+
+def test_a_pair_that_changed_torch_state_or_throttled_is_flagged_on_board_and_terminal():
+    from attnbench.report.format import pair_notes
+    from attnbench.report.html import render
+    from attnbench.report.runs import Run
+
+    flagged = _record("sneaky", 64)
+    flagged.metrics["torch_state_changed"] = ["torch.get_num_threads(): 2 -> 1"]
+    flagged.metrics["throttled"] = ["sw_thermal_slowdown"]
+    notes = pair_notes(flagged)
+    assert "torch.get_num_threads(): 2 -> 1" in notes[0] and "sw_thermal_slowdown" in notes[1]
+    console = Console(width=200, record=True)
+    print_run(console, [flagged, _record("sdpa", 64)], "sdpa")
+    assert "⚑" in console.export_text()
+    run = Run(source=Path("x.json"), info={"id": "x", "suite": {"name": "s"}, "hardware": "cpu", "baseline": "sdpa",
+                                   "attnbench": "0", "environment": {}}, records=[flagged, _record("sdpa", 64)])
+    assert "torch.get_num_threads(): 2 -&gt; 1" in render([run]) or "torch.get_num_threads(): 2 -\\u003e 1" in render([run])

@@ -77,3 +77,15 @@ def _tail(case: dict[str, Any]) -> str:
     mask = case["mask"] if case["mask"] != "sliding_window" else f"window{case.get('window')}"
     scale = "" if case.get("scale") is None else f" scale{case['scale']:g}"
     return f"{case['dtype']} {mask}{scale} {case['pass']}"
+
+
+def pair_notes(record) -> list[str]:
+    """What happened around a pair's measurement that a reader of its numbers should know: torch settings it
+    changed (put back after it), and a card that throttled while it was timed."""
+    m = record.metrics
+    notes = []
+    if m.get("torch_state_changed"):
+        notes.append("changed torch's global state (undone after it): " + ", ".join(map(str, m["torch_state_changed"])))
+    if m.get("throttled"):
+        notes.append("timed on a throttling card: " + ", ".join(map(str, m["throttled"])))
+    return notes

@@ -28,7 +28,15 @@ from markupsafe import Markup
 import attnbench
 from attnbench.report import charts
 from attnbench.report.board import INTERVAL_HEADING, Line, line, off_device_text
-from attnbench.report.format import case_label, error_text, family_label, format_bytes, format_time, seq_text
+from attnbench.report.format import (
+    case_label,
+    error_text,
+    family_label,
+    format_bytes,
+    format_time,
+    pair_notes,
+    seq_text,
+)
 from attnbench.report.history import history_views
 from attnbench.report.pagedata import INLINE_CHART_BYTES, PAGE_ROWS, LazyCharts, pack, script_json
 from attnbench.report.quality import quality_views, task_boards, without_tasks
@@ -248,7 +256,7 @@ def _case_row(e: Entry) -> CaseRow:
         pass_=str(case["pass"]),
         impl=r.impl,
         status=r.status,
-        status_text=r.status if r.exact else f"{r.status} (approx)",
+        status_text=(r.status if r.exact else f"{r.status} (approx)") + (" ⚑" if pair_notes(r) else ""),
         cells=(
             _metric_cell(e, "time_ms_median", lambda ms: f"{format_time(ms)} ± {100 * noise(r):.0f}%"),
             _speedup_cell(e),
@@ -256,7 +264,7 @@ def _case_row(e: Entry) -> CaseRow:
             _metric_cell(e, "peak_bytes", format_bytes),
             _metric_cell(e, "rel_err", error_text),
         ),
-        reason=r.reason,
+        reason="; ".join(filter(None, [r.reason, *pair_notes(r)])),
     )
 
 

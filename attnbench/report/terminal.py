@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.report.format import error_text, format_bytes, format_time
+from attnbench.report.format import error_text, format_bytes, format_time, pair_notes
 from attnbench.report.quality import is_task, print_task_records
 from attnbench.report.speedup import speedup
 from attnbench.results import Record
@@ -53,6 +53,8 @@ def case_table(label: str, records: list[Record], baseline_name: str | None) -> 
             status = f"[dim]{r.status}: {_short(r.reason)}[/]"
         else:
             status = f"[red]{r.status}[/]: {_short(r.reason)}"
+        if pair_notes(r):
+            status += " [yellow]⚑[/] " + _short("; ".join(pair_notes(r)))
         style = "bold green" if r is fastest else ("red" if r.status == "incorrect" else None)
         table.add_row(*cells, status, style=style)
     return table
