@@ -1,4 +1,5 @@
-"""Command line: ``attnbench run | validate | list | plugins | env | report | compare | recommend | export | new-plugin``.
+"""Command line: ``attnbench run | validate | list | models | plugins | env | report | compare | recommend | export |
+new-plugin``.
 
 Exit codes: 0 done (whatever the records' statuses), 1 usage or input error,
 2 internal error, 3 ``--strict`` and some record is incorrect, crashed,
@@ -103,7 +104,43 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
         counts = ", ".join(f"{len(suite.cases(d))} {d} cases" + (f" + {len(suite.tasks(d))} tasks" if suite.tasks(d) else "")
                            for d in ("cpu", "cuda"))
         console.print(f"[green]ok[/] {_escape(path)}: suite {_escape(suite.name)}, {counts}")
+        # A case has no field for the model it came from: say here which cases each preset made.
+        lines = {d: _model_counts(suite.models(d)) for d in ("cpu", "cuda")}
+        if lines["cpu"] == lines["cuda"]:
+            lines = {"cpu and cuda": lines["cpu"]}
+        for device, text in lines.items():
+            if text:
+                console.print(f"  models on {device}: {_escape(text)}")
     return EXIT_INPUT if failed else EXIT_OK
+
+
+def _model_counts(models: dict) -> str:
+    """``llama-3.1-8b 4 cases, mistral-7b 4 cases (those of llama-3.1-8b)``."""
+    parts, seen = [], {}
+    for name, cases in models.items():
+        same = seen.setdefault(tuple(cases), name)
+        count = f"{len(cases)} case" + ("" if len(cases) == 1 else "s")
+        parts.append(f"{name} {count}" + (f" (those of {same})" if same != name else ""))
+    return ", ".join(parts)
+
+
+def _cmd_models(args: argparse.Namespace, console: Console) -> int:
+    from attnbench.models import MODELS
+
+    if args.json:
+        print(json.dumps([m.to_dict() for m in MODELS.values()], indent=2))
+        return EXIT_OK
+    table = Table(title="attnbench model presets (suite key model, run --model, recommend --model)")
+    for col in ("name", "heads_q", "heads_kv", "head_dim"):
+        table.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
+    table.add_column("note", ratio=1, overflow="fold")
+    table.add_column("source", overflow="fold")
+    for m in MODELS.values():
+        note = f"[yellow]not a case yet:[/] {_escape(m.note)}" if m.pending else _escape(m.note)
+        table.add_row(_escape(m.name), str(m.heads_q), str(m.heads_kv), "pending" if m.head_dim is None else
+                      str(m.head_dim), note, _escape(m.source))
+    console.print(table)
+    return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -208,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its directory or FILE.json), made with the "
                    "same suite, attnbench and options: measure only what its journal lacks")
     p.add_argument("--seed", type=int, default=0, help="base seed for inputs (default 0)")
+    p.add_argument("--model", metavar="NAME", help="every case takes this model preset's heads_q, heads_kv and "
+                   "head_dim (attnbench models lists them)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="per-pair timeout (default: the suite's)")
     p.add_argument("--memory-budget", metavar="FRACTION|BYTES", help="skip cases predicted to need more (e.g. 0.8 or 16GiB)")
     p.add_argument("--processes", type=int, help="CPU worker processes that each time every pair (default: the suite's)")
@@ -249,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list implementations and their declared capabilities")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("models", help="list the model presets: their heads and the config each is transcribed from")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("env", help="print the hardware and environment fingerprint")
     p.add_argument("--json", action="store_true")

@@ -15,7 +15,8 @@ a few draft tokens of speculative decoding); ``prefill`` the other forward
 cases. ``--model NAME`` keeps the cases whose heads_q, heads_kv and head_dim
 are the model's: ``Shape`` is the filter, and a preset table plugs in as
 ``attnbench.models.MODELS``, a mapping of name to a preset with those three
-fields (attributes or keys).
+fields (attributes or keys), and a preset whose ``pending`` says why it
+cannot be a case yet is refused with that reason.
 
 ``signature`` names a case in the dispatch table (``attnbench export --format
 dispatch``), one stable string per case.
@@ -77,6 +78,10 @@ def model_shape(name: str, table: Mapping[str, Any] | None = None) -> Shape:
     if name not in table:
         raise UserError(f"--model {name}: no such preset; known: {', '.join(sorted(table)) or 'none'}")
     preset = table[name]
+    # A preset whose attention a case cannot express yet (attnbench.models' pending) matches no case: say why.
+    pending = preset.get("pending") if isinstance(preset, Mapping) else getattr(preset, "pending", "")
+    if pending:
+        raise UserError(f"--model {name}: no case has this model's shape yet: {pending}")
     try:
         fields = [preset[k] if isinstance(preset, Mapping) else getattr(preset, k)
                   for k in ("heads_q", "heads_kv", "head_dim")]

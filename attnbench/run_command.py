@@ -19,6 +19,7 @@ from attnbench.errors import UserError
 from attnbench.executors import ExecutorConfig
 from attnbench.hardware import cpu_model, cuda_devices, software_fields
 from attnbench.measure.memory import budget_bytes, free_bytes, parse_bytes, predict_peak_bytes
+from attnbench.models import lookup
 from attnbench.plugins import load_registry
 from attnbench.quality.runner import EAGER
 from attnbench.report.html import render
@@ -68,6 +69,19 @@ def filter_cases(cases: list[Case], wheres: list[str]) -> list[Case]:
     return cases
 
 
+def with_model(cases: list[Case], name: str | None) -> list[Case]:
+    """The cases with model preset ``name``'s heads_q, heads_kv and head_dim (duplicates this makes dropped);
+    the cases as they are without one."""
+    if name is None:
+        return cases
+    try:
+        model = lookup(name)
+    except ValueError as exc:
+        raise UserError(f"--model {name}: {exc}") from None
+    return list(dict.fromkeys(replace(c, heads_q=model.heads_q, heads_kv=model.heads_kv, head_dim=model.head_dim)
+                              for c in cases))
+
+
 def output_dir(args: argparse.Namespace, suite_name: str) -> RunPaths:
     """The run's files: ``--resume``'s (which must hold a journal), ``--output``'s, or a new directory under reports/."""
     if args.resume:
@@ -112,7 +126,7 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
     # A fleet's devices are on its nodes: this machine's torch has no say.
     device = executor.device(args.device) if executor.remote else resolve_device(args.device)
     settings = suite.settings(device)
-    cases = filter_cases(suite.cases(device), args.where)
+    cases = filter_cases(with_model(suite.cases(device), getattr(args, "model", None)), args.where)
     tasks = [replace(t, seeds=tuple(args.seed + s for s in t.seeds)) for t in suite.tasks(device)]
     if not cases and not tasks:
         raise UserError(f"{args.suite}: no {device} cases left to run" + (" after --where" if args.where else ""))

@@ -636,3 +636,86 @@ def test_schema_markdown_documents_every_key():
             assert key.doc and key.describe()
             assert f"| `{name}` |" in text
     assert "one of fwd, bwd, fwd+bwd" in text
+
+
+# --- model presets ----------------------------------------------------------------
+
+
+def test_model_axis_expands_one_set_of_cases_per_model(tmp_path):
+    suite = load_suite(write(tmp_path, """
+        name: m
+        defaults: {seq: 64, model: qwen2.5-7b}
+        matrix:
+          model: [gemma-2-9b, llama-3.1-8b, mistral-7b]
+          dtype: [float32, bfloat16]
+        cuda:
+          include_cases:
+            - {model: gpt-oss-20b, seq: 128}
+            - {head_dim: 64}
+    """))
+    heads = [(c.heads_q, c.heads_kv, c.head_dim, c.dtype_name) for c in suite.cases("cpu")]
+    # llama-3.1-8b and mistral-7b share a shape: one set of cases, which both name.
+    assert heads == [(16, 8, 256, "float32"), (32, 8, 128, "float32"), (16, 8, 256, "bfloat16"),
+                     (32, 8, 128, "bfloat16")]
+    models = suite.models("cpu")
+    assert list(models) == ["gemma-2-9b", "llama-3.1-8b", "mistral-7b"]
+    assert models["llama-3.1-8b"] == models["mistral-7b"] == suite.cases("cpu")[1::2]
+    cuda = suite.cases("cuda")
+    assert (cuda[-2].heads_q, cuda[-2].head_dim, cuda[-2].seq_q) == (64, 64, 128)
+    # A more specific axis replaces the default preset's head_dim: the case keeps its other heads but is not qwen's.
+    assert (cuda[-1].heads_q, cuda[-1].heads_kv, cuda[-1].head_dim) == (28, 4, 64)
+    assert "qwen2.5-7b" not in suite.models("cuda") and suite.models("cuda")["gpt-oss-20b"] == [cuda[-2]]
+
+
+def test_validate_names_the_models_of_a_suite(tmp_path, capsys):
+    from attnbench.cli import main
+
+    path = write(tmp_path, """
+        name: m
+        matrix: {seq: 64, model: [llama-3.1-8b, mistral-7b]}
+    """)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 cpu cases" not in out and "1 cpu cases" in out
+    assert "models on cpu and cuda: llama-3.1-8b 1 case, mistral-7b 1 case (those of llama-3.1-8b)" in out
+
+
+MODEL_ERRORS = {
+    "unknown model in a matrix list": ("""
+        name: m
+        matrix:
+          seq: 64
+          model:
+            - llama-3.1-8b
+            - lama-3.1-8b
+    """, 6, "matrix.model", "matrix.model: unknown model 'lama-3.1-8b' (did you mean 'llama-3.1-8b'"),
+    "unknown model in an include_cases entry": ("""
+        name: m
+        include_cases:
+          - {seq: 64, model: gpt-oss}
+    """, 3, "include_cases[0].model", "include_cases[0].model: unknown model 'gpt-oss' (did you mean"),
+    "pending model in a device section": ("""
+        name: m
+        defaults: {seq: 64}
+        cuda:
+          defaults:
+            model: deepseek-v3
+    """, 5, "cuda.defaults.model", "cuda.defaults.model: model 'deepseek-v3' cannot be a case yet"),
+    "model and heads_q in one mapping": ("""
+        name: m
+        matrix: {seq: 64, model: mistral-7b, heads_q: 8}
+    """, 2, "matrix.heads_q", "matrix sets both model and heads_q, which both set heads_q; use one"),
+    "model not a string": ("""
+        name: m
+        matrix: {seq: 64, model: 7}
+    """, 2, "matrix.model", "matrix.model must be a preset name, got integer 7"),
+}
+
+
+@pytest.mark.parametrize("text,line,field,message", MODEL_ERRORS.values(), ids=MODEL_ERRORS.keys())
+def test_model_errors_name_file_line_and_field(tmp_path, text, line, field, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    assert str(info.value).startswith(f"{path}:{line}: {message}"), str(info.value)
+    assert info.value.field == field

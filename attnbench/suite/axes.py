@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from attnbench.models import lookup
 from attnbench.suite.checking import Checker
 from attnbench.suite.reading import Map, Seq
 from attnbench.suite.schema import AXES
@@ -17,6 +18,7 @@ from attnbench.suite.schema import AXES
 # The case fields each axis sets; unlisted axes set the field of their own name.
 _SETS: dict[str, tuple[str, ...]] = {
     "tokens": ("batch",), "model_dim": ("heads_q",), "seq": ("seq_q", "seq_kv"), "pass": ("pass_",),
+    "model": ("heads_q", "heads_kv", "head_dim"),
 }
 
 
@@ -59,6 +61,13 @@ def parse_axes(check: Checker, m: Map, where: str, lists: bool) -> dict[str, Axi
         else:
             items = ((value, line),)
         key = AXES[name]
-        axes[name] = Axis(name, field, tuple((check.scalar(v, key, field, vl), vl) for v, vl in items))
+        checked = tuple((check.scalar(v, key, field, vl), vl) for v, vl in items)
+        if name == "model":
+            for v, vl in checked:
+                try:
+                    lookup(v)
+                except ValueError as exc:
+                    raise check.error(vl, field, f"{field}: {exc}") from None
+        axes[name] = Axis(name, field, checked)
     return axes
 

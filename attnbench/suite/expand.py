@@ -1,9 +1,10 @@
 """From axes to cases: each case field takes the most specific axis that sets it, then the product.
 
 The product is ordered with seq varying fastest and pass slowest; fields that
-other axes imply (seq_kv, heads_kv, batch from tokens, heads_q from model_dim)
-are derived per case, and an impossible case is blamed on the axis value that
-made it.
+other axes imply (seq_kv, heads_kv, batch from tokens, heads_q from model_dim,
+the heads of a model preset) are derived per case, and an impossible case is
+blamed on the axis value that made it. Each case keeps the model presets that
+made it: ``Case`` has no field for them, so the suite holds them beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from attnbench.case import Case
+from attnbench.models import MODELS
 from attnbench.suite.axes import BUILTIN, Axis, sets
 from attnbench.suite.checking import Checker
 from attnbench.suite.parts import Part
@@ -30,8 +32,10 @@ _ORDER = ("pass_", "dtype", "mask", "window", "block", "scale", "head_dim", "hea
 _MENTIONED = re.compile(r"\b(batch|heads_q|heads_kv|seq_q|seq_kv|head_dim|dtype|mask|window|block|scale)\b")
 
 
-def device_cases(check: Checker, top: Part, section: Part | None, device: str, has_tasks: bool) -> dict[Case, None]:
-    """The device's cases, deduplicated in order (a dict used as an ordered set); none is fine beside tasks."""
+def device_cases(check: Checker, top: Part, section: Part | None, device: str,
+                 has_tasks: bool) -> dict[Case, tuple[str, ...]]:
+    """The device's cases, deduplicated in order, each with the model presets that made it (often none);
+    no case is fine beside tasks."""
     parts = [top] if section is None else [top, section]
     matrices = [p for p in parts if p.matrix is not None]
     include_cases = next((p.include_cases for p in reversed(parts) if p.include_cases is not None), None)
@@ -40,16 +44,22 @@ def device_cases(check: Checker, top: Part, section: Part | None, device: str, h
             return {}
         raise check.error(parts[-1].line, "matrix", f"the suite defines no cases on {device}: add a matrix or "
                           "include_cases, or declare tasks")
-    cases: dict[Case, None] = {}
+    made: list[tuple[Case, str | None]] = []
     if matrices:
         layers = [BUILTIN]
         for p in parts:
             layers += [p.defaults, p.matrix or {}]
         blame = matrices[-1]
-        cases |= dict.fromkeys(_expand(check, _resolve(layers), device, blame.prefix + "matrix", blame.line))
+        made += _expand(check, _resolve(layers), device, blame.prefix + "matrix", blame.line)
     for where, line, axes in include_cases or ():
         fields = _resolve([BUILTIN, *(p.defaults for p in parts), axes])
-        cases |= dict.fromkeys(_expand(check, fields, device, where, line))
+        made += _expand(check, fields, device, where, line)
+    cases: dict[Case, tuple[str, ...]] = {}
+    for case, model in made:
+        # Two presets of one shape (llama-3.1-8b and mistral-7b) make one case, which names both.
+        known = cases.setdefault(case, ())
+        if model is not None and model not in known:
+            cases[case] = (*known, model)
     return cases
 
 
@@ -63,8 +73,9 @@ def _resolve(layers: Iterable[Mapping[str, Axis]]) -> dict[str, Axis]:
     return fields
 
 
-def _expand(check: Checker, fields: dict[str, Axis], device: str, where: str, line: int) -> list[Case]:
-    """The product of the axes that set ``fields``, as cases (duplicates left in)."""
+def _expand(check: Checker, fields: dict[str, Axis], device: str, where: str,
+            line: int) -> list[tuple[Case, str | None]]:
+    """The product of the axes that set ``fields``, as cases (duplicates left in), each with its model preset."""
     if "seq_q" not in fields:
         raise check.error(line, where, f"{where} sets no sequence length: give seq (or seq_q) in matrix or defaults")
     sources: list[Axis] = []
@@ -83,13 +94,20 @@ def _expand(check: Checker, fields: dict[str, Axis], device: str, where: str, li
         for f, axis in fields.items():
             values[f], item_line = chosen[id(axis)]
             origin[f] = (axis, item_line)
-        _derive(check, values, origin)
-        cases.append(_case(check, values, origin, device, where, line))
+        model = _derive(check, values, origin)
+        cases.append((_case(check, values, origin, device, where, line), model))
     return cases
 
 
-def _derive(check: Checker, values: dict[str, Any], origin: dict[str, tuple[Axis, int | None]]) -> None:
-    """Fill the fields other axes imply: seq_kv, heads_kv, batch from tokens, heads_q from model_dim."""
+def _derive(check: Checker, values: dict[str, Any], origin: dict[str, tuple[Axis, int | None]]) -> str | None:
+    """Fill the fields other axes imply: seq_kv, heads_kv, batch from tokens, heads_q from model_dim, a model's
+    heads; the model preset whose case it is (the one that set all three head fields), if any."""
+    # A more specific axis may replace some of a preset's fields: the others are still the preset's,
+    # but the case is no longer the model's.
+    from_model = [f for f in ("heads_q", "heads_kv", "head_dim") if f in origin and origin[f][0].name == "model"]
+    model = values[from_model[0]] if len(from_model) == 3 else None
+    for f in from_model:
+        values[f] = getattr(MODELS[values[f]], f)
     values.setdefault("seq_kv", values["seq_q"])
     origin.setdefault("seq_kv", origin["seq_q"])
     if origin["batch"][0].name == "tokens":
@@ -108,6 +126,7 @@ def _derive(check: Checker, values: dict[str, Any], origin: dict[str, tuple[Axis
         values["window"] = None
     if values["mask"] != "block_sparse":
         values["block"] = None
+    return model
 
 
 def _case(check: Checker, values: dict[str, Any], origin: dict[str, tuple[Axis, int | None]], device: str,

@@ -36,6 +36,7 @@ class Suite:
     _settings: dict[str, Settings] = field(repr=False, compare=False)
     _cases: dict[str, tuple[Case, ...]] = field(repr=False, compare=False)
     _tasks: dict[str, tuple[TaskConfig, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _models: dict[str, dict[Case, tuple[str, ...]]] = field(default_factory=dict, repr=False, compare=False)
     hardware: Hardware = field(default_factory=Hardware)
 
     def settings(self, device: str) -> Settings:
@@ -45,6 +46,15 @@ class Suite:
     def cases(self, device: str) -> list[Case]:
         """The cases to run on ``device`` ('cpu' or 'cuda'), in order, without duplicates."""
         return list(self._cases[_device(device)])
+
+    def models(self, device: str) -> dict[str, list[Case]]:
+        """The model presets the suite names on ``device`` (its ``model`` axis), each with the cases that are
+        that model's, in order; two presets of one shape share their cases."""
+        found: dict[str, list[Case]] = {}
+        for case, names in self._models.get(_device(device), {}).items():
+            for name in names:
+                found.setdefault(name, []).append(case)
+        return found
 
     def tasks(self, device: str) -> list[TaskConfig]:
         """The quality tasks to train on ``device``, one config each; empty when the suite declares none there."""
@@ -80,8 +90,10 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
                                           doc.lines[device])
     settings = {d: layer_settings(d, [top, *([sections[d]] if d in sections else [])]) for d in DEVICES}
     tasks = {d: device_tasks(check, top, sections.get(d), d) for d in DEVICES}
-    cases = {d: tuple(device_cases(check, top, sections.get(d), d, bool(tasks[d]))) for d in DEVICES}
+    models = {d: device_cases(check, top, sections.get(d), d, bool(tasks[d])) for d in DEVICES}
+    cases = {d: tuple(models[d]) for d in DEVICES}
     return Suite(
         name=name, description=description, path=Path(path), file_hash=hashlib.sha256(data).hexdigest(),
         defaults=layer_settings("", [top]), _settings=settings, _cases=cases, _tasks=tasks, hardware=hardware,
+        _models=models,
     )

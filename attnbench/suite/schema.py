@@ -66,6 +66,13 @@ AXES: dict[str, Key] = {
     "seq_kv": Key("integer", None, "Key/value length; longer than seq_q is a prefix cache or cross-attention.",
                   default_text="seq_q", minimum=1),
     "head_dim": Key("integer", 64, "Dimension of each head.", minimum=1),
+    "model": Key("string", None, "A model preset (`attnbench models` lists them, each with the config.json it "
+                 "is transcribed from): sets heads_q, heads_kv and head_dim to the model's, so a list in matrix is "
+                 "one set of cases per model; `attnbench validate` says which cases are each model's. A more "
+                 "specific heads_q, heads_kv, head_dim or model_dim replaces that field alone (the case is then no "
+                 "model's). A preset a case cannot express yet (deepseek-v3: MLA needs head_dim_v) is an error. "
+                 "`attnbench run --model NAME` sets the three fields of every case instead.",
+                 allowed="a preset name"),
     "dtype": Key("string", "float32", "Element type of q, k and v.", choices=tuple(DTYPES)),
     "mask": Key("string", "none", "Attention mask, bottom-right aligned: causal, sliding_window (needs window) "
                 "or block_sparse (needs block).", choices=MASKS),
@@ -225,7 +232,8 @@ _NOTES: dict[str, str] = {
         "Keys of `matrix` (a value or a list each), `defaults` and `include_cases` entries (a single value "
         "each). Each case field takes its value from the most specific place that sets it: the device "
         "section's matrix, its defaults, the suite's matrix, the suite's defaults, the built-in default. "
-        "`seq` sets seq_q and seq_kv, `tokens` sets batch, `model_dim` sets heads_q; two spellings of one "
+        "`seq` sets seq_q and seq_kv, `tokens` sets batch, `model_dim` sets heads_q, `model` sets heads_q, "
+        "heads_kv and head_dim; two spellings of one "
         "field in the same mapping are an error. Cases are ordered with seq varying fastest and pass slowest."
     ),
     "correctness": "An output passes when error <= tolerance_factor x eager's error in the same dtype + floor.",
