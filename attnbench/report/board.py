@@ -97,7 +97,9 @@ def _table(title: str, standings: list[Standing], with_error: bool) -> Table:
     columns += [("rel err median / worst", "right")] if with_error else []
     columns += [("plugin", "left"), ("version", "left"), ("tied with", "left")]
     for name, justify in columns:
-        table.add_column(name, justify=justify)
+        # The name is what a reader looks for: never cut, other columns wrap first on a narrow terminal.
+        table.add_column(name, justify=justify, no_wrap=name == "implementation",
+                         min_width=max((len(s.impl) for s in standings), default=0) if name == "implementation" else None)
     for s in standings:
         c = line(s)
         scored = f"{c.scored} ({c.implausible})" if c.implausible else c.scored
