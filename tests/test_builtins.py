@@ -8,16 +8,19 @@ here, independent of ``attnbench.measure``, and planted defects show it fails.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import bias, sdpa_kernel
 from torch.nn.attention import flex_attention as flex_module
 
 from attnbench import Case, Unsupported
 from attnbench.impls import flex as flex_impl
+from attnbench.impls import sdpa as sdpa_impl
 from attnbench.impls.eager import build as eager_build
 from attnbench.impls.reference import reference_attention
 from attnbench.masks import dense_mask
@@ -250,6 +253,48 @@ def test_cuda_only_backends_decline_cpu_cases(name):
     assert "device cpu" in impl.declines(case)
     with pytest.raises(Unsupported, match="cpu"):
         impl.build(case)
+
+
+def _count_mask_builds(monkeypatch) -> list[str]:
+    """Every mask sdpa's module builds, or torch's ``causal_lower_right`` materialises, from now on."""
+    built: list[str] = []
+    materialize = bias.CausalBias._materialize
+    build_dense = sdpa_impl.dense_mask
+    monkeypatch.setattr(bias.CausalBias, "_materialize",
+                        lambda self, device=None: built.append("causal_lower_right") or materialize(self, device))
+    monkeypatch.setattr(sdpa_impl, "dense_mask", lambda *a, **kw: built.append("dense_mask") or build_dense(*a, **kw))
+    return built
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["sdpa", "sdpa.math", "sdpa.flash"])
+@pytest.mark.parametrize("shape", ["causal_cross", "decode"])
+def test_sdpa_builds_the_lower_right_causal_mask_once(monkeypatch, name, shape, dtype, pass_):
+    """On the CPU torch materialises ``causal_lower_right`` on every call: build makes that mask once, and the
+    call gives the very output (and gradients) ``causal_lower_right`` does."""
+    case = make_case(shape, dtype, "cpu", pass_=pass_)
+    backend = sdpa_impl.BACKENDS.get(name.partition(".")[2])
+    assert not sdpa_impl.lower_right_is_native(case, backend, case.seq_q, case.seq_kv)
+    built = _count_mask_builds(monkeypatch)
+    fn = BUILTINS[name].build(case)
+    assert built[-1:] == ["dense_mask"]
+    at_build = len(built)
+    q, k, v, grad_out = draw(case, with_grad_out=True)
+
+    def run(fn):
+        return forward_backward(fn, q, k, v, grad_out) if case.needs_backward else (forward(fn, q, k, v),)
+
+    results = [run(fn) for _ in range(3)]
+    assert len(built) == at_build, f"masks built per call: {built[at_build:]}"
+
+    def lower_right(q, k, v):
+        with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.causal_lower_right(case.seq_q, case.seq_kv),
+                                                  enable_gqa=case.gqa)
+
+    for got, want in zip(results[-1], run(lower_right)):
+        assert torch.equal(got, want)
 
 
 def test_failed_flex_compile_leaves_later_cases_compiled(unfused_flex_calls):

@@ -4,16 +4,19 @@
 and ``sdpa.cudnn`` pin one backend with ``torch.nn.attention.sdpa_kernel``.
 A pinned backend that cannot run a case is found out in ``build`` by a small
 probe with the case's dtype, heads, head_dim, mask and direction, and reported
-as ``Unsupported`` with the reasons torch gives.
+as ``Unsupported`` with the reasons torch gives. Masks given as tensors are
+built once, in ``build``, never in the timed call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.backends.cuda import SDPAParams, can_use_efficient_attention, can_use_flash_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
@@ -38,23 +41,44 @@ BACKENDS = {
 PROBE_SEQ = 64
 
 
-def mask_arguments(case: Case, seq_q: int, seq_kv: int) -> dict:
-    """SDPA keyword arguments expressing the case's mask at the given lengths.
+def mask_arguments(case: Case, seq_q: int, seq_kv: int, backend: SDPBackend | None = None) -> dict:
+    """SDPA keyword arguments expressing the case's mask at the given lengths, for ``backend`` (None: torch's choice).
 
     SDPA's own ``is_causal`` is top-left aligned, so causal attention with
-    ``seq_q != seq_kv`` goes through ``causal_lower_right`` instead.
+    ``seq_q != seq_kv`` goes through ``causal_lower_right`` where a kernel takes
+    it as is, and is otherwise given as the boolean mask ``causal_lower_right``
+    would build on every call (the same call torch then makes), built here once.
     """
     if case.mask == "none":
         return {}
     if case.mask == "causal":
         if seq_q == seq_kv:
             return {"is_causal": True}
-        return {"attn_mask": causal_lower_right(seq_q, seq_kv)}
+        if lower_right_is_native(case, backend, seq_q, seq_kv):
+            return {"attn_mask": causal_lower_right(seq_q, seq_kv)}
     return {"attn_mask": dense_mask(case.mask, case.window, seq_q, seq_kv, device=case.device, block=case.block)}
 
 
+def lower_right_is_native(case: Case, backend: SDPBackend | None, seq_q: int, seq_kv: int) -> bool:
+    """Whether ``causal_lower_right`` reaches a kernel without a mask tensor, as torch's ``CausalBias`` decides.
+
+    Only its flash and memory-efficient paths take it natively (CUDA kernels aligned bottom-right);
+    otherwise -- the math and cuDNN backends, and any case those kernels cannot run, every CPU case
+    included -- it materialises a boolean ``seq_q x seq_kv`` mask on each call. Decided with torch's
+    own checks, on small tensors of the case's device, dtype, heads and head_dim, in the backend's pin.
+    """
+    if backend in (SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION):
+        return False
+    shape = dict(device=case.device, dtype=case.dtype, requires_grad=case.needs_backward)
+    q = torch.empty(1, case.heads_q, min(seq_q, PROBE_SEQ), case.head_dim, **shape)
+    k = torch.empty(1, case.heads_kv, min(seq_kv, PROBE_SEQ + 1), case.head_dim, **shape)
+    params = SDPAParams(q, k, k, None, 0.0, False, case.gqa)
+    with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+        return bool(can_use_flash_attention(params) or can_use_efficient_attention(params))
+
+
 def _make_call(case: Case, backend: SDPBackend | None, seq_q: int, seq_kv: int):
-    kwargs = mask_arguments(case, seq_q, seq_kv)
+    kwargs = mask_arguments(case, seq_q, seq_kv, backend)
     kwargs["scale"] = case.scale
     if case.gqa:
         kwargs["enable_gqa"] = True
@@ -118,7 +142,9 @@ def math_workspace_bytes(case: Case) -> int:
     ``allow_fp16_bf16_reduction_math_sdp``), so scores are float32 there, and
     its safe softmax adds a boolean score-sized tensor. Adds the upcast and
     scaled q, k and v, k and v repeated under GQA, and, when the case is
-    masked, a boolean ``Sq x Skv`` mask and its additive float version.
+    masked, a boolean ``Sq x Skv`` mask (built once by ``build``, held by its
+    call: causal with ``seq_q != seq_kv`` too) and the additive float version
+    torch converts it to on every call.
     """
     acc = accumulation_itemsize(case)
     bwd = case.needs_backward
@@ -129,16 +155,17 @@ def math_workspace_bytes(case: Case) -> int:
 
 
 def fused_workspace_bytes_with_mask(case: Case) -> int:
-    """A fused backend, plus the additive mask it is given as a tensor.
+    """A fused backend, plus the mask it is given as a tensor.
 
-    A sliding window reaches the kernel as a boolean ``Sq x Skv`` tensor that
-    torch converts to the input dtype (measured on CPU: exactly that). A
-    causal mask with ``seq_q != seq_kv`` is counted the same way, as
-    ``causal_lower_right`` materialises it where no kernel takes it as is
-    (torch 2.13's CPU flash kernel does).
+    A sliding window or block-sparse mask reaches the kernel as a boolean
+    ``Sq x Skv`` tensor, built once by ``build`` and held by its call, that
+    torch converts to the input dtype on every call (measured on CPU: exactly
+    that). A causal mask with ``seq_q != seq_kv`` is counted the same way: it
+    is that tensor wherever no kernel takes ``causal_lower_right`` as is (every
+    CPU case, cuDNN; see ``lower_right_is_native``).
     """
     total = fused_workspace_bytes(case)
-    if case.mask == "sliding_window" or (case.mask == "causal" and case.seq_q != case.seq_kv):
+    if case.mask in ("sliding_window", "block_sparse") or (case.mask == "causal" and case.seq_q != case.seq_kv):
         # The memory-efficient kernel pads the key axis of the mask to a multiple of 16.
         padded_kv = -(-case.seq_kv // 16) * 16
         total += case.seq_q * (case.seq_kv + padded_kv * case.dtype.itemsize)
