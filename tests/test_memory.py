@@ -1,17 +1,21 @@
 import ast
+import dataclasses
+import functools
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from attnbench import Case
+from attnbench import Case, measurement
 from attnbench.executors.local import LocalExecutor
 from attnbench.implementation import Implementation
 from attnbench.impls import chunked, eager, sdpa
 from attnbench.measure import memory
 from attnbench.measure.memory import (
+    TIMING_INPUT_SETS,
     budget_bytes,
+    call_peak_bytes,
     eager_analytic_peak_bytes,
     free_bytes,
     fused_workspace_bytes,
@@ -19,12 +23,14 @@ from attnbench.measure.memory import (
     peak_bytes_cpu,
     peak_bytes_cuda,
     predict_peak_bytes,
+    reference_bytes,
     resident_bytes,
     vm_hwm_bytes_during,
 )
 from attnbench.options import Correctness, Timing
 from attnbench.plugins import load_registry
 from attnbench.runner import RunOptions, plan
+from attnbench.suite.load import load_suite
 
 MiB = 2**20
 IMPLS = {impl.name: impl for module in (eager, chunked, sdpa) for impl in module.attnbench_implementations()}
@@ -119,28 +125,119 @@ def test_chunked_holds_a_fraction_of_eager():
     ("sdpa.math", Case(1, 4, 2, 1024, 1024, 64, dtype=torch.bfloat16, mask="sliding_window", window=256)),
     ("sdpa.math", Case(1, 2, 2, 512, 512, 64, mask="causal", pass_="fwd+bwd")),
     ("sdpa", Case(1, 4, 4, 1024, 1024, 64, mask="sliding_window", window=256)),
+    ("sdpa", Case(1, 4, 4, 1024, 1024, 64, mask="block_sparse", block=64)),
+    ("sdpa", Case(1, 4, 2, 256, 1024, 64, dtype=torch.bfloat16, mask="causal")),
 ])
 def test_prediction_is_conservative_but_close(name, case):
     measured, inputs = _measure(name, case)
-    predicted = predict_peak_bytes(case, IMPLS[name])
+    predicted = call_peak_bytes(case, IMPLS[name])
     # The prediction covers the inputs too; the measurement starts above them.
     assert measured + inputs <= predicted < 3 * (measured + inputs)
 
 
+@pytest.mark.parametrize("name", ["sdpa", "sdpa.math"])
+def test_the_model_covers_the_mask_build_keeps(name):
+    """A causal mask with seq_q != seq_kv is built once, by build, and held by the call: counted with it."""
+    case = Case(1, 4, 2, 256, 1024, 64, mask="causal")
+    held = peak_bytes_cpu(lambda: IMPLS[name].build(case))
+    assert held >= case.seq_q * case.seq_kv
+    measured, inputs = _measure(name, case)
+    assert held + measured + inputs <= call_peak_bytes(case, IMPLS[name])
+
+
 def test_unknown_implementations_are_predicted_as_fused():
     case = Case(2, 8, 8, 4096, 4096, 64)
-    fused = predict_peak_bytes(case, Implementation(name="mylib.fast", build=eager.build))
+    fused = call_peak_bytes(case, Implementation(name="mylib.fast", build=eager.build))
     elem = case.dtype.itemsize
     assert fused < 3 * (2 * math.prod(case.q_shape) + 2 * math.prod(case.kv_shape)) * elem
-    assert fused < predict_peak_bytes(case, IMPLS["eager"]) / 20
+    assert fused < call_peak_bytes(case, IMPLS["eager"]) / 20
 
 
 def test_a_declared_model_replaces_the_fused_default():
     case = Case(2, 8, 2, 512, 1024, 64, mask="causal", pass_="fwd+bwd")
     declared = Implementation(name="mylib.dense", build=eager.build, memory=lambda c: 7 * c.seq_q * c.seq_kv)
     undeclared = Implementation(name="mylib.fused", build=eager.build)
-    assert predict_peak_bytes(case, declared) == resident_bytes(case) + 7 * 512 * 1024
-    assert predict_peak_bytes(case, undeclared) == resident_bytes(case) + fused_workspace_bytes(case)
+    assert call_peak_bytes(case, declared) == resident_bytes(case) + 7 * 512 * 1024
+    assert call_peak_bytes(case, undeclared) == resident_bytes(case) + fused_workspace_bytes(case)
+
+
+# --- the harness's share: references and timing's input sets --------------------
+
+
+def test_prediction_adds_the_references_to_the_call():
+    case = Case(2, 8, 2, 512, 1024, 64, mask="causal", pass_="fwd+bwd")
+    impl = IMPLS["eager"]
+    harness = reference_bytes(case, seeds=3)
+    assert predict_peak_bytes(case, impl) == harness.cached + max(
+        harness.computing, call_peak_bytes(case, impl) + harness.timing)
+    bshd = dataclasses.replace(impl, name="mylib.bshd", layout="bshd")
+    assert predict_peak_bytes(case, bshd) == harness.cached + max(
+        harness.computing, call_peak_bytes(case, impl) + harness.timing + harness.timing_inputs)
+    assert predict_peak_bytes(case, impl, seeds=5) > predict_peak_bytes(case, impl) > call_peak_bytes(case, impl)
+
+
+def test_timing_input_sets_match_the_worker():
+    assert TIMING_INPUT_SETS == measurement.MIN_INPUT_SETS
+
+
+def test_a_lone_seed_is_cached_with_its_negated_twin():
+    case = Case(1, 4, 4, 64, 64, 32)
+    one, two = reference_bytes(case, seeds=1), reference_bytes(case, seeds=2)
+    q, k = math.prod(case.q_shape) * 4, math.prod(case.kv_shape) * 4
+    # The twin's v and outputs are new tensors; its q and k are the trial's.
+    assert one.cached == two.cached - q - k
+    assert one.timing == two.timing
+
+
+def _worker_peak(monkeypatch, impl, case: Case, correctness: Correctness) -> int:
+    """Peak bytes of measuring the pair in this process, as a worker does: references, trials, timing."""
+    monkeypatch.setattr(measurement, "_REFERENCES", measurement._References())
+    request = measurement.Request(impl=impl.name, case=case, seed=0, check_correctness=True, measure_memory=False,
+                                  measure_time=True, correctness=correctness,
+                                  timing=Timing(warmup=1, repeats=2, min_time_s=0.01))
+    replies = []
+    peak = peak_bytes_cpu(lambda: replies.append(measurement.measure(impl, request)))
+    assert replies[0]["status"] == "ok", replies[0]["reason"]
+    return peak
+
+
+def _eager_bshd(case: Case):
+    """eager's arithmetic on (batch, seq, heads, dim) tensors, through views."""
+    attend = eager.build(case)
+    return lambda q, k, v: attend(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+
+
+IMPLS["eager.bshd"] = dataclasses.replace(IMPLS["eager"], name="eager.bshd", build=_eager_bshd, layout="bshd")
+
+
+@pytest.mark.parametrize("name, case", [
+    ("chunked", Case(2, 8, 2, 1, 32768, 64, mask="causal")),
+    ("eager.bshd", Case(2, 8, 2, 4, 16384, 64, mask="causal")),
+    ("sdpa", Case(1, 4, 4, 512, 512, 64, dtype=torch.bfloat16, mask="causal")),
+    ("eager", Case(1, 4, 2, 256, 512, 64, mask="sliding_window", window=64, pass_="fwd+bwd")),
+    ("chunked", Case(1, 2, 2, 600, 600, 32, mask="causal")),
+], ids=lambda x: x if isinstance(x, str) else x.label())
+def test_prediction_covers_what_a_worker_holds(monkeypatch, name, case):
+    correctness = Correctness(seeds=3, max_rows=256)
+    measured = _worker_peak(monkeypatch, IMPLS[name], case, correctness)
+    predicted = predict_peak_bytes(case, IMPLS[name], seeds=correctness.seeds, max_rows=correctness.max_rows)
+    assert measured <= predicted < 3 * measured
+
+
+def test_long_seq_cpu_skips_only_eager_at_16k():
+    """The suite's fixed budget: the references' share must not push anything else over it."""
+    suite = load_suite(Path(__file__).parent.parent / "suites" / "long_seq.yaml")
+    settings = suite.settings("cpu")
+    registry = load_registry(environ={"ATTNBENCH_PLUGINS": ""})
+    impls = registry.select(include=list(settings.include), exclude=list(settings.exclude))
+    options = RunOptions(correctness=settings.correctness, timing=settings.timing,
+                         memory_budget_bytes=settings.memory_budget.nbytes)
+    predict = functools.partial(predict_peak_bytes, seeds=settings.correctness.seeds,
+                                max_rows=settings.correctness.max_rows)
+    todo, settled = plan(suite.cases("cpu"), impls, options, predict=predict)
+    skipped = {(r.impl, r.case["seq_q"], r.case["dtype"], r.case["mask"]) for r in settled if r.status == "skipped"}
+    assert skipped == {("eager", 16384, dtype, mask) for dtype in ("float32", "bfloat16") for mask in ("none", "causal")}
+    assert todo
 
 
 def test_memory_must_be_callable():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from attnbench.case import Case
-from attnbench.masks import dense_mask
+from attnbench.masks import mask_tile
 
 DEFAULT_FACTOR = 2.0
 DEFAULT_REL_FLOOR = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 4e-3}
@@ -24,7 +24,8 @@ DEFAULT_ABS_FLOOR = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
 """Max-abs error always allowed per dtype: about one unit in the last place at 1.0 for the
 16-bit types, so an unusually exact baseline does not fail everyone else."""
 CHUNK_ELEMENTS = 2**25
-"""Score elements per chunk of the float64 math (256 MiB), so the reference fits in memory at any length."""
+"""Bound of one chunk of the plain attention (256 MiB in float64): its scores, and the copy of k (or v) it
+works on, each hold at most this many elements, so the reference fits in memory at any length."""
 
 
 @dataclass(frozen=True)
@@ -68,44 +69,156 @@ def sample_rows(case: Case, max_rows: int | None, seed: int) -> torch.Tensor | N
     return torch.cat([torch.tensor([0, case.seq_q - 1]), middle]).sort().values
 
 
+@dataclass(frozen=True)
+class Chunking:
+    """How plain attention is cut: ``kv_heads`` of the batch x key/value heads at a time, ``group`` query heads
+    of each of them at a time, and ``rows`` query rows. Keys are never cut."""
+
+    kv_heads: int
+    group: int
+    rows: int
+
+
+def chunking(case: Case, rows: int, dtype: torch.dtype, *, repeat: bool = False) -> Chunking:
+    """The chunks of plain attention in ``dtype`` over ``rows`` query rows of ``case``.
+
+    A chunk's scores, and any copy of k it makes, each hold at most ``CHUNK_ELEMENTS``; converted to a
+    wider ``dtype``, a chunk's copies of k and v also take at most half the bytes of the case's k and v,
+    so that the reference of a long decode needs less than its KV cache again. The forward takes a group's
+    query heads one at a time, as plain attention's own matmuls, and copies nothing more; ``repeat``
+    (gradients under GQA) takes them together, k and v repeated to each. Rows come first, all of them if
+    they fit, then heads. A chunk holds at least one row of one head and one whole key/value head (keys
+    are never cut), whatever that costs.
+    """
+    kv_heads = case.batch * case.heads_kv
+    copies = max(1, CHUNK_ELEMENTS // (case.seq_kv * case.head_dim))
+    converted = copies
+    if dtype.itemsize > case.dtype.itemsize:
+        converted = max(1, min(copies, kv_heads * case.dtype.itemsize // (2 * dtype.itemsize)))
+    group = min(case.group_size, copies) if repeat else 1
+    rows_per = min(max(1, rows), max(1, CHUNK_ELEMENTS // (group * case.seq_kv)))
+    heads = max(1, CHUNK_ELEMENTS // (rows_per * case.seq_kv))
+    if repeat:
+        heads = min(heads, copies)
+    group = min(group, heads)
+    return Chunking(max(1, min(converted, kv_heads, heads // group)), group, rows_per)
+
+
+def _spans(total: int, step: int):
+    return ((start, min(start + step, total)) for start in range(0, total, step))
+
+
+def _hidden(case: Case, rows: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+    """Masked-out keys of checked rows ``start:stop`` (all query rows, or the sampled ``rows``): ``(rows, seq_kv)``.
+
+    One tile of the mask per run of consecutive rows, never the whole ``seq_q x seq_kv`` mask.
+    """
+    if case.mask == "none":
+        return None
+    if rows is None:
+        runs = [(start, stop)]
+    else:
+        runs = []
+        for row in rows[start:stop].tolist():
+            if runs and runs[-1][1] == row:
+                runs[-1] = (runs[-1][0], row + 1)
+            else:
+                runs.append((row, row + 1))
+    tiles = [mask_tile(case.mask, case.window, case.seq_q, case.seq_kv, run, (0, case.seq_kv), device, block=case.block)
+             for run in runs]
+    allowed = tiles[0] if len(tiles) == 1 else torch.cat(tiles)
+    return allowed.logical_not_()
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Plain attention of ``q`` ``(h, g, rows, d)``: g query heads over each of the h heads of ``k``, ``v`` ``(h, keys, d)``.
+
+    Matmul, softmax, matmul in q's dtype, in that order, one ``rows x d`` by ``d x keys`` product per
+    query head as plain attention computes it. With g > 1 each query head gets its own copy of k and v,
+    so that autograd sums their gradients over the group exactly as attention written with
+    ``repeat_interleave`` does (same order, same rounding).
+    """
+    h, g, n, d = q.shape
+    if g > 1:
+        k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
+    scores = (q * scale).view(h * g, n, d) @ k.transpose(-2, -1)
+    if hidden is not None:
+        scores.masked_fill_(hidden, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    del scores
+    return (weights @ v).view(h, g, n, d)
+
+
+def _grouped(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q as ``(batch x kv heads, group, seq_q, d)`` and k, v as ``(batch x kv heads, seq_kv, d)``: views, no copies."""
+    heads = case.batch * case.heads_kv
+    return (q.reshape(heads, case.group_size, case.seq_q, case.head_dim),
+            k.reshape(heads, case.seq_kv, case.head_dim), v.reshape(heads, case.seq_kv, case.head_dim))
+
+
 def math_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, *, dtype: torch.dtype, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Plain attention in ``dtype`` (float64: the reference; the case dtype: the baseline for the pass rule).
 
-    Computed over chunks of query rows so that memory stays bounded; ``rows``
-    restricts it to those query rows. Each row's result equals the unchunked one.
+    Computed over chunks of heads and query rows (``chunking``) so that memory stays bounded: k and v are
+    converted to ``dtype`` a chunk of heads at a time, under GQA each query head reads its key/value head
+    in place (never repeated), and the mask is built a tile of rows at a time. ``rows`` restricts it to
+    those query rows. Each row's result is that of the unchunked computation.
     """
-    q, k, v = (t.to(dtype) for t in (q, k, v))
-    if case.gqa:
-        k = k.repeat_interleave(case.group_size, dim=1)
-        v = v.repeat_interleave(case.group_size, dim=1)
-    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=q.device, block=case.block)
-    row_index = torch.arange(case.seq_q, device=q.device) if rows is None else rows.to(q.device)
-    chunk = max(1, CHUNK_ELEMENTS // max(1, case.batch * case.heads_q * case.seq_kv))
-    outputs = []
-    for start in range(0, len(row_index), chunk):
-        idx = row_index[start : start + chunk]
-        scores = (q[:, :, idx] * case.softmax_scale) @ k.transpose(-2, -1)
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed[idx], float("-inf"))
-        outputs.append(torch.softmax(scores, dim=-1) @ v)
-    return torch.cat(outputs, dim=2)
+    device = q.device
+    row_index = None if rows is None else rows.to(device)
+    n_rows = case.seq_q if rows is None else len(rows)
+    plan = chunking(case, n_rows, dtype)
+    qg, kg, vg = _grouped(case, q, k, v)
+    out = torch.empty(qg.shape[0], case.group_size, n_rows, case.head_dim, dtype=dtype, device=device)
+    for r0, r1 in _spans(n_rows, plan.rows):
+        hidden = _hidden(case, row_index, r0, r1, device)
+        for h0, h1 in _spans(qg.shape[0], plan.kv_heads):
+            kc, vc = kg[h0:h1].to(dtype), vg[h0:h1].to(dtype)
+            for g0, g1 in _spans(case.group_size, plan.group):
+                qc = qg[h0:h1, g0:g1]
+                qc = qc[:, :, r0:r1] if row_index is None else qc[:, :, row_index[r0:r1]]
+                out[h0:h1, g0:g1, r0:r1] = _attend(qc.to(dtype), kc, vc, hidden, case.softmax_scale)
+            del kc, vc
+    return out.view(case.batch, case.heads_q, n_rows, case.head_dim)
 
 
 def math_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """Output and (dQ, dK, dV) of plain attention in ``dtype``, by autograd over row chunks."""
-    q, k, v = (t.detach().to(dtype).requires_grad_(True) for t in (inputs.q, inputs.k, inputs.v))
-    grad_out = inputs.grad_out.to(dtype)
-    chunk = max(1, CHUNK_ELEMENTS // max(1, case.batch * case.heads_q * case.seq_kv))
-    outputs = []
-    for start in range(0, case.seq_q, chunk):
-        rows = torch.arange(start, min(start + chunk, case.seq_q), device=q.device)
-        out = math_attention(q, k, v, case, dtype=dtype, rows=rows)
-        # Backward per chunk: dK and dV accumulate in .grad, memory stays one chunk's graph.
-        out.backward(grad_out[:, :, rows])
-        outputs.append(out.detach())
-    return torch.cat(outputs, dim=2), q.grad, k.grad, v.grad
+    """Output and (dQ, dK, dV) of plain attention in ``dtype``, by autograd over chunks of heads and rows.
+
+    Each chunk's graph is freed before the next: dQ is written a chunk at a time, and dK and dV accumulate
+    over chunks in at least float32, as plain attention's single matmul accumulates over every row, so that
+    how the rows are cut does not add roundings of its own. Under GQA, k and v are repeated to a chunk's
+    query heads so that their gradients are summed over the group exactly as those of plain attention
+    with ``repeat_interleave`` are.
+    """
+    device = inputs.q.device
+    plan = chunking(case, case.seq_q, dtype, repeat=case.gqa)
+    qg, kg, vg = _grouped(case, inputs.q.detach(), inputs.k.detach(), inputs.v.detach())
+    go = inputs.grad_out.reshape(qg.shape)
+    out = torch.empty(qg.shape, dtype=dtype, device=device)
+    dq = torch.empty(qg.shape, dtype=dtype, device=device)
+    accumulate = torch.promote_types(dtype, torch.float32)
+    dk = torch.zeros(kg.shape, dtype=accumulate, device=device)
+    dv = torch.zeros(vg.shape, dtype=accumulate, device=device)
+    with torch.enable_grad():
+        for r0, r1 in _spans(case.seq_q, plan.rows):
+            hidden = _hidden(case, None, r0, r1, device)
+            for h0, h1 in _spans(qg.shape[0], plan.kv_heads):
+                kc, vc = (t[h0:h1].to(dtype).requires_grad_(True) for t in (kg, vg))
+                for g0, g1 in _spans(case.group_size, plan.group):
+                    qc = qg[h0:h1, g0:g1, r0:r1].to(dtype).requires_grad_(True)
+                    oc = _attend(qc, kc, vc, hidden, case.softmax_scale)
+                    grads = torch.autograd.grad(oc, (qc, kc, vc), go[h0:h1, g0:g1, r0:r1].to(dtype))
+                    out[h0:h1, g0:g1, r0:r1] = oc.detach()
+                    dq[h0:h1, g0:g1, r0:r1] = grads[0]
+                    dk[h0:h1] += grads[1]
+                    dv[h0:h1] += grads[2]
+                    del oc, grads
+    dk = dk.to(dtype).view(case.kv_shape)
+    dv = dv.to(dtype).view(case.kv_shape)
+    return out.view(case.q_shape), dq.view(case.q_shape), dk, dv
 
 
 def error_metrics(actual: torch.Tensor, expected: torch.Tensor) -> dict:

@@ -7,9 +7,10 @@ Measured:
 - ``peak_bytes_cuda(fn)``: from the CUDA caching allocator's statistics.
 - ``vm_hwm_bytes_during(fn)``: the OS high-water mark, a coarse cross-check.
 
-Predicted, before running: ``predict_peak_bytes(case, impl)`` against
-``budget_bytes(...)`` lets a runner skip a case that would not fit instead of
-being killed by the OS or running out of device memory.
+Predicted, before running: ``predict_peak_bytes(case, impl)`` (the call,
+``call_peak_bytes``, and what the worker holds for the correctness references,
+``reference_bytes``) against ``budget_bytes(...)`` lets a runner skip a case
+that would not fit instead of being killed by the OS or running out of device memory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -25,6 +27,8 @@ from torch.profiler import ProfilerActivity, profile
 from attnbench.case import Case
 from attnbench.hardware import available_memory_bytes
 from attnbench.implementation import Implementation
+from attnbench.measure.correctness import chunking
+from attnbench.options import Correctness
 
 # --- measurement -----------------------------------------------------------
 
@@ -133,9 +137,9 @@ def eager_analytic_peak_bytes(case: Case) -> int:
 
 # --- prediction --------------------------------------------------------------
 #
-# predict_peak_bytes = resident_bytes (what the call and its caller hold whatever
+# call_peak_bytes = resident_bytes (what the call and its caller hold whatever
 # the algorithm) + the implementation's own workspace model (``Implementation.memory``),
-# else a fused kernel's. The helpers below are what those models are built from;
+# else a fused kernel's; predict_peak_bytes adds the harness's share (below). The helpers below are what those models are built from;
 # the built-ins' models live next to their kernels (attnbench.impls.*). Each is
 # calibrated against peak_bytes_cpu on torch 2.13 and rounded up: the point is to
 # never under-predict a case that would not fit, while staying within a small
@@ -221,17 +225,134 @@ def materialized_workspace_bytes(case: Case, itemsize: int) -> int:
     return scores + copies * (2 if bwd else 1) + 2 * dense_mask_bytes(case)
 
 
-def predict_peak_bytes(case: Case, impl: Implementation) -> int:
-    """Conservative peak bytes of running ``case`` with ``impl``, inputs included.
+# --- the harness's share ------------------------------------------------------
+#
+# While implementations of a case run, the worker keeps each correctness seed's
+# trial (measurement._References: inputs, float64 expected, same-dtype baseline),
+# computes those references with the chunked math of measure.correctness, and
+# times calls rotating over copies of several input sets. These models count that,
+# calibrated like the ones above.
 
-    ``resident_bytes`` (q, k, v, output, and dO and the gradients when the
-    case runs backward) + ``impl.memory(case)``, the workspace the
-    implementation declares, or ``fused_workspace_bytes`` when it declares
-    none. The whole call is covered, forward and backward together, whichever
-    pass the case times.
+TIMING_INPUT_SETS = 2
+"""Input sets timed calls rotate over at least: ``measurement.MIN_INPUT_SETS`` (which imports this module)."""
+_MASK_TILE_BUILD = {"none": 0, "causal": 2, "sliding_window": 3, "block_sparse": 34}
+"""Bytes per element of one mask tile while ``masks.mask_tile`` builds it: booleans, and for block_sparse
+the int64 block distances (measured: 2, 3 and 33)."""
+_SLACK_BYTES = 2**20
+
+
+def reference_peak_bytes(case: Case, dtype: torch.dtype, max_rows: int | None = Correctness.max_rows) -> int:
+    """Peak bytes of computing plain attention on ``case`` in ``dtype`` as ``measure.correctness`` does
+    (``math_attention`` on the checked rows, or ``math_attention_grads``), its result included, its inputs not.
+
+    Follows ``correctness.chunking``: the result (gradients of k and v in at least float32 until the
+    end), and per chunk its scores and softmax weights (four score-sized tensors in backward: weights,
+    their gradient, dS and its masked copy), its query rows, the copies of k and v it converts (and, for
+    gradients under GQA, repeats to its query heads, with their gradients), and the mask tile of its rows.
+    """
+    elem = dtype.itemsize
+    bwd = case.needs_backward
+    rows = case.seq_q if bwd or max_rows is None else min(case.seq_q, max_rows)
+    plan = chunking(case, rows, dtype, repeat=bwd and case.gqa)
+    per_head = case.seq_kv * case.head_dim
+    heads = plan.kv_heads * plan.group
+    scores = heads * plan.rows * case.seq_kv
+    q_rows = heads * plan.rows * case.head_dim
+    converted = 2 * plan.kv_heads * per_head if dtype != case.dtype else 0
+    tile = plan.rows * case.seq_kv
+    if bwd:
+        # out and dq in dtype; dk and dv accumulate in at least float32, converted one after the other at the end.
+        kv = math.prod(case.kv_shape)
+        held = 2 * math.prod(case.q_shape) + 2 * kv * max(elem, 4) // elem
+        repeated = 2 * heads * per_head if case.gqa else 0
+        chunk = converted + 2 * repeated + 2 * plan.kv_heads * per_head + 4 * scores + 4 * q_rows
+        chunk = max(chunk, kv if elem < 4 else 0)
+    else:
+        held = case.batch * case.heads_q * rows * case.head_dim
+        chunk = converted + 2 * scores + 4 * q_rows
+    if elem == 2 and case.device == "cpu":
+        # oneDNN's 16-bit matmul packs its right-hand side: up to 1.4x one head's k (measured on torch 2.13).
+        chunk += 3 * per_head // 2
+    mask = case.mask != "none"
+    # The tile's position aranges are int64; small buffers (16-bit softmax rows, indices) get the slack.
+    build = tile * _MASK_TILE_BUILD[case.mask] + 8 * (plan.rows + case.seq_kv) * mask
+    return held * elem + max(build, chunk * elem + tile * mask) + _SLACK_BYTES
+
+
+class ReferenceBytes(NamedTuple):
+    """The harness's memory for one case in one worker process (see ``reference_bytes``)."""
+
+    cached: int
+    """Held from the first reference to the last implementation: each seed's inputs, expected and baseline."""
+    computing: int
+    """Peak above ``cached`` of computing one seed's references, or of checking a result against them."""
+    timing: int
+    """Held while timing beyond the one input set and output ``resident_bytes`` counts."""
+    timing_inputs: int
+    """The copies of the inputs timing rotates over, all of its sets together."""
+
+
+def reference_bytes(case: Case, seeds: int = Correctness.seeds, max_rows: int | None = Correctness.max_rows
+                    ) -> ReferenceBytes:
+    """What a worker holds for the correctness references of ``case`` with ``seeds`` seeds, and its peaks.
+
+    ``cached``: per seed (a process checks at most all of them) a trial: q, k, v (and dO) in the case
+    dtype, the float64 expected output on the checked rows (and gradients), and the same-dtype baseline;
+    with fewer trials than ``TIMING_INPUT_SETS``, the twins with v negated that make up the difference.
+    ``computing``: the larger of ``reference_peak_bytes`` in float64 and in the case dtype, and of
+    checking: a result and its copy of the inputs, and float64 copies of the largest checked tensor
+    (its conversion, the difference and its absolute value). ``timing``: the further input sets
+    timed calls rotate over, each a copy of the inputs with its last outputs kept, and the outputs of
+    the call in progress beside those of the previous call on its set. Not counted: what an
+    implementation's ``build`` keeps while the references are computed, and in a backward-only case
+    the forward graph each input set keeps.
+    """
+    elem = case.dtype.itemsize
+    bwd = case.needs_backward
+    q, kv = math.prod(case.q_shape), math.prod(case.kv_shape)
+    rows = case.seq_q if bwd or max_rows is None else min(case.seq_q, max_rows)
+    checked = (2 * q + 2 * kv) if bwd else case.batch * case.heads_q * rows * case.head_dim
+    inputs = (2 * q + 2 * kv) if bwd else q + 2 * kv
+    trial = inputs * elem + checked * (8 + elem)
+    # The twin shares q and k (and dq, dk): v, its output (and dO, dv) are negated copies.
+    negated = (q + kv) if bwd else kv
+    twin = negated * elem + (q + kv if bwd else checked) * (8 + elem)
+    trials = max(1, seeds)
+    cached = trials * trial + max(0, TIMING_INPUT_SETS - trials) * twin
+    largest = max(q, kv) if bwd else checked
+    checking = resident_bytes(case) + largest * (3 * 8 + 2)
+    computing = max(reference_peak_bytes(case, torch.float64, max_rows),
+                    reference_peak_bytes(case, case.dtype, max_rows), checking)
+    outputs = (2 * q + 2 * kv) * elem if bwd else q * elem
+    sets = max(trials, TIMING_INPUT_SETS)
+    timing = (sets - 1) * resident_bytes(case) + outputs + _SLACK_BYTES
+    return ReferenceBytes(cached, computing, timing, sets * inputs * elem)
+
+
+def call_peak_bytes(case: Case, impl: Implementation) -> int:
+    """Conservative peak bytes of one call of ``impl`` on ``case``, inputs included.
+
+    ``resident_bytes`` (q, k, v, output, and dO and the gradients when the case runs backward) +
+    ``impl.memory(case)``, the workspace the implementation declares, or ``fused_workspace_bytes`` when
+    it declares none. The whole call is covered, forward and backward together, whichever pass the
+    case times.
     """
     workspace = impl.memory or fused_workspace_bytes
     return resident_bytes(case) + workspace(case)
+
+
+def predict_peak_bytes(case: Case, impl: Implementation, seeds: int = Correctness.seeds,
+                       max_rows: int | None = Correctness.max_rows) -> int:
+    """Conservative peak bytes of measuring ``case`` with ``impl`` in a worker: the call and the harness.
+
+    The larger of computing a reference and of the call (``call_peak_bytes``) beside timing's further
+    input sets, on top of the references cached meanwhile (``reference_bytes`` with ``seeds`` and
+    ``max_rows``, the run's ``Correctness`` settings). An implementation taking another layout than
+    bhsd gets its input sets as transposed copies, made while the bhsd ones are alive.
+    """
+    harness = reference_bytes(case, seeds, max_rows)
+    relayout = harness.timing_inputs if impl.layout != "bhsd" else 0
+    return harness.cached + max(harness.computing, call_peak_bytes(case, impl) + harness.timing + relayout)
 
 
 # --- budget --------------------------------------------------------------------
