@@ -276,3 +276,106 @@ def test_planning_a_cuda_run_leaves_this_process_without_a_cuda_context(tmp_path
               f"{str(tmp_path / 'out')!r}]));"
               "sys.exit(1 if torch.cuda.is_initialized() else 0)")
     assert subprocess.run([sys.executable, "-c", script], timeout=300).returncode == 0
+
+
+# --- the float64 reference at long decode; sdpa's lower-right causal mask ------------------------
+
+
+def test_long_decode_reference_stays_below_three_kv_caches():
+    """Decode B8 H32/8 D128 at 131072 keys (a 4 GiB bf16 cache): its inputs and the peak of computing the float64
+    reference stay below 3x the cache, and within the model the budget check uses."""
+    from attnbench.measure.correctness import math_attention
+
+    case = Case(8, 32, 8, 1, 131072, 128, dtype="bfloat16", device="cuda", mask="causal")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    # Drawn on the GPU: only the memory matters here, and 2G CPU normals would take a while.
+    q = torch.randn(case.q_shape, device="cuda", dtype=case.dtype, generator=gen)
+    k, v = (torch.randn(case.kv_shape, device="cuda", dtype=case.dtype, generator=gen) for _ in range(2))
+    cache = k.nbytes + v.nbytes
+
+    def reference():
+        return math_attention(q, k, v, case, dtype=torch.float64)
+
+    reference()  # cuBLAS workspaces are a first call's
+    peak = memory.peak_bytes_cuda(reference)
+    assert q.nbytes + cache + peak < 3 * cache, peak / cache
+    assert peak <= memory.reference_peak_bytes(case, torch.float64), (peak, memory.reference_peak_bytes(case, torch.float64))
+    baseline = memory.peak_bytes_cuda(lambda: math_attention(q, k, v, case, dtype=case.dtype))
+    assert baseline <= memory.reference_peak_bytes(case, case.dtype), baseline
+
+
+def _count_mask_builds(monkeypatch) -> list[str]:
+    from torch.nn.attention import bias
+
+    from attnbench.impls import sdpa
+
+    built: list[str] = []
+    materialize, build_dense = bias.CausalBias._materialize, sdpa.dense_mask
+    monkeypatch.setattr(bias.CausalBias, "_materialize",
+                        lambda self, device=None: built.append("causal_lower_right") or materialize(self, device))
+    monkeypatch.setattr(sdpa, "dense_mask", lambda *a, **kw: built.append("dense_mask") or build_dense(*a, **kw))
+    return built
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("name", ["sdpa.math", "sdpa.cudnn"])
+def test_pinned_backend_builds_the_lower_right_causal_mask_once(registry, monkeypatch, name, pass_):
+    """math and cuDNN take no lower-right causal: torch would materialise it on every call; build makes it once,
+    and the output is the very one ``causal_lower_right`` gives."""
+    import torch.nn.functional as F
+    from torch.nn.attention import bias, sdpa_kernel
+
+    from attnbench.impls import sdpa
+
+    case = Case(2, 8, 2, 256, 1024, 64, dtype="bfloat16", device="cuda", mask="causal", pass_=pass_)
+    impl = registry.get(name)
+    built = _count_mask_builds(monkeypatch)
+    reply = measure(impl, Request(impl=name, case=case, seed=0, check_correctness=True, measure_memory=False,
+                                  measure_time=False))
+    if reply["status"] == "unsupported":
+        pytest.skip(reply["reason"])
+    assert reply["status"] == "ok", reply["reason"]
+    fn = impl.build(case)
+    at_build = len(built)
+    assert built[-1:] == ["dense_mask"]
+    inputs = make_inputs(case, 0)
+    backend = sdpa.BACKENDS[name.partition(".")[2]]
+
+    def lower_right(q, k, v):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.causal_lower_right(case.seq_q, case.seq_kv),
+                                                  enable_gqa=True)
+
+    def run(f):
+        q, k, v = (t.detach().requires_grad_(case.needs_backward) for t in (inputs.q, inputs.k, inputs.v))
+        with torch.set_grad_enabled(case.needs_backward):
+            out = f(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), inputs.grad_out) if case.needs_backward else ()
+        return (out.detach(), *grads)
+
+    got = [run(fn) for _ in range(3)][-1]
+    assert len(built) == at_build, f"masks built per call: {built[at_build:]}"
+    want = run(lower_right)
+    for a, b in zip(got, want):
+        if case.needs_backward:
+            torch.testing.assert_close(a, b)  # backward kernels may reduce in any order
+        else:
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["sdpa", "sdpa.flash", "sdpa.efficient"])
+def test_fused_backends_keep_lower_right_causal_native(registry, monkeypatch, name):
+    """Where torch has a kernel for bottom-right causal, no mask is built at all, neither in build nor per call."""
+    from attnbench.impls import sdpa
+
+    case = Case(2, 8, 8, 256, 1024, 64, dtype="bfloat16", device="cuda", mask="causal")
+    backend = sdpa.BACKENDS.get(name.partition(".")[2])
+    assert sdpa.lower_right_is_native(case, backend, case.seq_q, case.seq_kv)
+    built = _count_mask_builds(monkeypatch)
+    impl = registry.get(name)
+    fn = impl.build(case)
+    inputs = make_inputs(case, 0)
+    with torch.no_grad():
+        for _ in range(3):
+            fn(inputs.q, inputs.k, inputs.v)
+    assert built == []
