@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import subprocess
@@ -180,7 +181,10 @@ def build_spec(args: argparse.Namespace) -> tuple[RunSpec, RunPaths]:
     options = replace(options, ceilings=ceilings)
     spec = RunSpec(
         suite_name=suite.name, suite_path=str(args.suite), suite_hash=suite.file_hash, device=device,
-        cases=cases, impls=impls, options=options, baseline=baseline, registry=registry, predict=predict_peak_bytes,
+        cases=cases, impls=impls, options=options, baseline=baseline, registry=registry,
+        # The prediction counts what the worker keeps beside the call: references for the run's seeds and rows.
+        predict=functools.partial(predict_peak_bytes, seeds=options.correctness.seeds,
+                                  max_rows=options.correctness.max_rows),
         executor=executor, tasks=tasks, remeasure_ceilings=remeasure,
     )
     out = output_dir(args, suite.name)
