@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -166,12 +167,18 @@ def _probe(visible: str | None) -> list[dict]:
     env = dict(os.environ)
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
-    done = subprocess.run([sys.executable, "-m", "attnbench.hardware"], env=env, capture_output=True, text=True,
-                          timeout=PROBE_TIMEOUT_S)
+    return cuda_devices_seen_with(env)
+
+
+def cuda_devices_seen_with(env: Mapping[str, str]) -> list[dict]:
+    """``cuda_devices_here`` as a fresh process with ``env`` sees them (as a worker would): this process touches
+    no CUDA at all, so a process that runs under several CUDA_VISIBLE_DEVICES in turn (a Ray task's) can ask."""
+    done = subprocess.run([sys.executable, "-m", "attnbench.hardware"], env=dict(env), capture_output=True,
+                          text=True, timeout=PROBE_TIMEOUT_S)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"asking a subprocess for the CUDA devices failed (exit {done.returncode}): "
-                           f"{done.stderr.strip()[-600:]}")
+        raise RuntimeError(f"listing the CUDA devices under CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} "
+                           f"failed (exit {done.returncode}): {done.stderr.strip()[-600:]}")
     return json.loads(lines[-1])
 
 

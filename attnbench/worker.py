@@ -51,9 +51,8 @@ class Guard:
     def run(self, answer, data: dict) -> dict:
         """``answer(data)`` between two settles; a reply noting what the pair changed, ``error`` if it was a timer."""
         self.settle()  # whatever happened between requests (nothing should) does not reach this pair
-        patched_before = isolation.patched_timers(self.timers)
         reply = answer(data)
-        patched = patched_before or isolation.patched_timers(self.timers)
+        patched = isolation.patched_timers(self.timers)
         notes = self.settle()
         if notes:
             reply.setdefault("metrics", {})["torch_state_changed"] = notes

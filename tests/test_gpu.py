@@ -221,21 +221,15 @@ def test_records_name_the_method_and_the_graph_refusal(registry, pass_):
         assert "graph" not in method and notes == [BWD_GRAPH_NOTE]
 
 
-def _bshd_eager(case):
-    def attend(q, k, v):
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        scores = (q * case.softmax_scale) @ k.transpose(-2, -1)
-        return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)
-    return attend
-
-
 def test_bshd_layout_is_not_charged_for_the_harness_transposes_on_cuda():
+    from test_measurement import eager_in_bshd  # the same bshd eager the CPU test measures
+
     from attnbench.implementation import Implementation
     from attnbench.impls.eager import build as eager_build
 
     case = Case(1, 8, 8, 1024, 1024, 64, dtype="bfloat16", device="cuda")
     peaks = {}
-    for impl in (Implementation("eager", eager_build), Implementation("bshd.eager", _bshd_eager, layout="bshd")):
+    for impl in (Implementation("eager", eager_build), Implementation("bshd.eager", eager_in_bshd, layout="bshd")):
         reply = measure(impl, Request(impl=impl.name, case=case, seed=0, check_correctness=True, measure_memory=True,
                                       measure_time=False))
         assert reply["status"] == "ok", reply["reason"]

@@ -3,28 +3,27 @@
 Nothing here initialises CUDA in the calling process except ``visible_gpus``:
 a Ray task process runs task after task, each under its own
 CUDA_VISIBLE_DEVICES, and CUDA reads that variable once, at initialisation.
-Such a process asks ``gpus_seen_with``, which runs ``visible_gpus`` in a
-short-lived subprocess under the task's variables.
+Such a process asks ``gpus_seen_with``, which asks a short-lived subprocess
+under the task's variables (``hardware.cuda_devices_seen_with``).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Mapping
-from dataclasses import asdict
 
 import torch
 
 from attnbench.executors.placement import Gpu
-from attnbench.hardware import cpu_model, nvidia_driver_version, software_fields, total_memory_bytes
-from attnbench.telemetry import gpu_uuid
-
-PROBE_TIMEOUT_S = 180.0
-"""As long as a worker may take to start: the probe imports torch and initialises CUDA too."""
+from attnbench.hardware import (
+    cpu_model,
+    cuda_devices_here,
+    cuda_devices_seen_with,
+    nvidia_driver_version,
+    software_fields,
+    total_memory_bytes,
+)
 
 
 @functools.cache
@@ -51,25 +50,13 @@ def visible_gpus() -> list[Gpu]:
 
     Initialises CUDA here: from then on this process sees these devices, whatever the variable says later.
     """
-    if not torch.cuda.is_available():
-        return []
-    gpus = []
-    for ordinal in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(ordinal)
-        gpus.append(Gpu(ordinal, props.name, gpu_uuid(props)))
-    return gpus
+    return _gpus(cuda_devices_here()) if torch.cuda.is_available() else []
 
 
 def gpus_seen_with(env: Mapping[str, str]) -> list[Gpu]:
     """``visible_gpus`` as a fresh process with ``env`` sees them (as a worker would); this process's CUDA stays untouched."""
-    done = subprocess.run([sys.executable, "-m", "attnbench.executors.machine"], env=dict(env), capture_output=True,
-                          text=True, timeout=PROBE_TIMEOUT_S)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"listing the GPUs under CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} "
-                           f"failed (exit {done.returncode}): {done.stderr.strip()[-600:]}")
-    return [Gpu(**gpu) for gpu in json.loads(lines[-1])]
+    return _gpus(cuda_devices_seen_with(env))
 
 
-if __name__ == "__main__":
-    print(json.dumps([asdict(gpu) for gpu in visible_gpus()]))
+def _gpus(devices: list[dict]) -> list[Gpu]:
+    return [Gpu(d["index"], d["name"], d["uuid"]) for d in devices]
