@@ -40,6 +40,15 @@ class Case:
     Masks are bottom-right aligned (see ``attnbench.masks``); ``window`` belongs
     to sliding_window and ``block`` to block_sparse, and is None otherwise.
     ``scale`` None means ``1/sqrt(head_dim)``.
+
+    A *packed* batch (``seqlens_q`` and ``seqlens_kv`` given together, one length
+    per sequence) is ragged: ``seq_q``/``seq_kv`` are the longest lengths, q is
+    ``(total_q, heads_q, head_dim)`` and k, v ``(total_kv, heads_kv, head_dim)``,
+    sequence after sequence, and masks apply within each sequence, bottom-right
+    aligned per sequence. ``page_size`` pages the KV cache: k and v are page
+    pools ``(num_pages, page_size, heads_kv, head_dim)`` read through a block
+    table; a paged case is always packed (its lengths default to the dense
+    shape's) and forward only. See ``attnbench.packing`` for the call conventions.
     """
 
     batch: int
@@ -55,6 +64,9 @@ class Case:
     block: int | None = None
     scale: float | None = None
     pass_: str = "fwd"
+    seqlens_q: tuple[int, ...] | None = None
+    seqlens_kv: tuple[int, ...] | None = None
+    page_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dtype, str):
@@ -81,7 +93,8 @@ class Case:
                 raise ValueError(f"mask block_sparse needs a positive integer block, got {self.block!r}")
         elif self.block is not None:
             raise ValueError(f"block is only meaningful with mask block_sparse, not {self.mask!r}")
-        if self.mask != "none" and self.seq_q > self.seq_kv:
+        self._check_packing()
+        if self.mask != "none" and self.seq_q > self.seq_kv and not self.packed:
             raise ValueError(
                 f"mask {self.mask} with seq_q ({self.seq_q}) > seq_kv ({self.seq_kv}) leaves query rows "
                 "that see no key (masks are bottom-right aligned)"
@@ -91,7 +104,87 @@ class Case:
         if self.pass_ not in PASSES:
             raise ValueError(f"pass {self.pass_!r} is not one of {', '.join(PASSES)}")
 
+    def _check_packing(self) -> None:
+        if self.page_size is not None:
+            if isinstance(self.page_size, bool) or not isinstance(self.page_size, int) or self.page_size < 1:
+                raise ValueError(f"page_size must be a positive integer or null, got {self.page_size!r}")
+            if self.pass_ != "fwd":
+                raise ValueError(f"a paged KV cache is read by a forward (serving) pass only, not pass {self.pass_!r}")
+            if self.seqlens_q is None and self.seqlens_kv is None:
+                object.__setattr__(self, "seqlens_q", (self.seq_q,) * self.batch)
+                object.__setattr__(self, "seqlens_kv", (self.seq_kv,) * self.batch)
+        if (self.seqlens_q is None) != (self.seqlens_kv is None):
+            raise ValueError("seqlens_q and seqlens_kv go together: give both (equal for self-attention) or neither")
+        if self.seqlens_q is None:
+            return
+        for name, total in (("seqlens_q", self.seq_q), ("seqlens_kv", self.seq_kv)):
+            lengths = getattr(self, name)
+            if isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__iter__"):
+                raise ValueError(f"{name} must be a list of positive integers, got {lengths!r}")
+            lengths = tuple(lengths)
+            if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+                raise ValueError(f"{name} must be a non-empty list of positive integers, got {list(lengths)!r}")
+            if len(lengths) != self.batch:
+                raise ValueError(f"{name} has {len(lengths)} lengths but batch is {self.batch}")
+            if max(lengths) != total:
+                longest = "seq_q" if name == "seqlens_q" else "seq_kv"
+                raise ValueError(f"{longest} ({total}) must be the longest of {name} ({max(lengths)})")
+            object.__setattr__(self, name, lengths)
+        if self.mask != "none":
+            for i, (lq, lkv) in enumerate(zip(self.seqlens_q, self.seqlens_kv)):
+                if lq > lkv:
+                    raise ValueError(
+                        f"mask {self.mask}: sequence {i} has {lq} queries over {lkv} keys, which leaves query rows "
+                        "that see no key (masks are bottom-right aligned per sequence)")
+
     # --- derived properties -------------------------------------------------
+    @property
+    def packed(self) -> bool:
+        """True for a ragged batch given by per-sequence lengths (every paged case is one)."""
+        return self.seqlens_q is not None
+
+    @property
+    def paged(self) -> bool:
+        """True when the KV cache is a page pool read through a block table."""
+        return self.page_size is not None
+
+    @property
+    def cross(self) -> bool:
+        """True when some sequence has fewer or more queries than keys."""
+        if self.packed:
+            return any(lq != lkv for lq, lkv in zip(self.seqlens_q, self.seqlens_kv))
+        return self.seq_q != self.seq_kv
+
+    @property
+    def total_q(self) -> int:
+        """Query tokens over the batch (real ones: a packed batch has no padding)."""
+        return sum(self.seqlens_q) if self.packed else self.batch * self.seq_q
+
+    @property
+    def total_kv(self) -> int:
+        """Key/value tokens over the batch, padding of the last pages not counted."""
+        return sum(self.seqlens_kv) if self.packed else self.batch * self.seq_kv
+
+    @property
+    def pages_per_sequence(self) -> tuple[int, ...]:
+        """Pages each sequence's cache takes; () when the cache is not paged."""
+        if not self.paged:
+            return ()
+        return tuple(-(-n // self.page_size) for n in self.seqlens_kv)
+
+    @property
+    def num_pages(self) -> int:
+        """Pages in the pool: exactly those the batch's caches take; 0 when not paged."""
+        return sum(self.pages_per_sequence)
+
+    def sequences(self) -> tuple[Case, ...]:
+        """The batch's sequences as dense batch-1 cases (a dense case is its own single entry)."""
+        if not self.packed:
+            return (self,)
+        keep = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("batch", "seq_q", "seq_kv", "seqlens_q", "seqlens_kv", "page_size")}
+        return tuple(Case(batch=1, seq_q=lq, seq_kv=lkv, **keep) for lq, lkv in zip(self.seqlens_q, self.seqlens_kv))
+
     @property
     def causal(self) -> bool:
         """True for any mask that hides future keys (all but none)."""
@@ -122,16 +215,26 @@ class Case:
         return dtype_name(self.dtype)
 
     @property
-    def q_shape(self) -> tuple[int, int, int, int]:
+    def q_shape(self) -> tuple[int, ...]:
+        """q's (and the output's) shape: ``(batch, heads_q, seq_q, head_dim)``; packed ``(total_q, heads_q, head_dim)``."""
+        if self.packed:
+            return (self.total_q, self.heads_q, self.head_dim)
         return (self.batch, self.heads_q, self.seq_q, self.head_dim)
 
     @property
-    def kv_shape(self) -> tuple[int, int, int, int]:
+    def kv_shape(self) -> tuple[int, ...]:
+        """k's and v's shape: dense 4-d, packed ``(total_kv, heads_kv, head_dim)``, paged the page pool."""
+        if self.paged:
+            return (self.num_pages, self.page_size, self.heads_kv, self.head_dim)
+        if self.packed:
+            return (self.total_kv, self.heads_kv, self.head_dim)
         return (self.batch, self.heads_kv, self.seq_kv, self.head_dim)
 
     # --- FLOP and byte model -------------------------------------------------
     def visible_pairs(self) -> int:
-        """Unmasked (query, key) pairs over all batches and query heads."""
+        """Unmasked (query, key) pairs over all batches and query heads (of a packed batch: per sequence, summed)."""
+        if self.packed:
+            return sum(sequence.visible_pairs() for sequence in self.sequences())
         return self.batch * self.heads_q * count_visible_pairs(self.mask, self.window, self.seq_q, self.seq_kv, block=self.block)
 
     def forward_flops(self) -> int:
@@ -148,6 +251,8 @@ class Case:
 
         Forward reads q, k, v and writes o. Backward reads q, k, v, o, dO and
         writes dQ, dK, dV (the per-row softmax statistics are negligible).
+        A packed batch counts its real tokens only; a paged cache the whole
+        pages its sequences read (the block table and offsets are negligible).
         """
         elem = torch.finfo(self.dtype).bits // 8
         q = math.prod(self.q_shape) * elem
@@ -158,24 +263,53 @@ class Case:
 
     # --- naming and serialisation -------------------------------------------
     def label(self) -> str:
-        """Short human label, e.g. ``B2 H8/2 512x1024 D64 bfloat16 causal fwd``."""
+        """Short human label, e.g. ``B2 H8/2 N512x1024 D64 bfloat16 causal fwd``; a packed batch
+        shows its shape instead of B and N (``batch_shape``)."""
         heads = f"H{self.heads_q}" if not self.gqa else f"H{self.heads_q}/{self.heads_kv}"
         seq = f"{self.seq_q}" if self.seq_q == self.seq_kv else f"{self.seq_q}x{self.seq_kv}"
         mask = {"sliding_window": f"window{self.window}", "block_sparse": f"block_sparse{self.block}"}.get(self.mask, self.mask)
         scale = "" if self.scale is None else f" scale{self.scale:g}"
-        return f"B{self.batch} {heads} N{seq} D{self.head_dim} {self.dtype_name} {mask}{scale} {self.pass_}"
+        shape = f"{self.batch_shape()} {heads}" if self.packed else f"B{self.batch} {heads} N{seq}"
+        return f"{shape} D{self.head_dim} {self.dtype_name} {mask}{scale} {self.pass_}"
+
+    def batch_shape(self) -> str:
+        """A packed batch's shape in a few characters.
+
+        Batches of equal query and key lengths that are all different (packed
+        documents) read ``ragged 37..4096, 8.2k tok``; any other (repeated
+        lengths, queries shorter than their caches) reads as the batch spec
+        that builds it, ``2q2k_32q1s1k`` (see docs/suites.md). A paged cache
+        adds its page size: `` p16``.
+        """
+        if not self.packed:
+            return f"B{self.batch}"
+        groups: list[list] = []
+        for pair in zip(self.seqlens_q, self.seqlens_kv):
+            if groups and groups[-1][1] == pair:
+                groups[-1][0] += 1
+            else:
+                groups.append([1, pair])
+        if self.cross or len(groups) < self.batch:
+            text = "_".join(f"{n}q{_tokens(lq)}" + ("" if lq == lkv else f"s{_tokens(lkv)}") for n, (lq, lkv) in groups)
+        else:
+            text = f"ragged {min(self.seqlens_q)}..{max(self.seqlens_q)}, {_count(self.total_q)} tok"
+        return text + (f" p{self.page_size}" if self.paged else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields by name; ``pass_`` is written as ``pass``.
 
-        ``block`` is written only for block_sparse cases, so every other case keeps
-        the keys (and the journal keys of resumed runs) it had before the field existed.
+        ``block``, the lengths and ``page_size`` are written only where they are set, so
+        every other case keeps the keys (and the journal keys of resumed runs) it had
+        before those fields existed.
         """
         out = asdict(self)
         out["dtype"] = self.dtype_name
         out["pass"] = out.pop("pass_")
-        if self.block is None:
-            del out["block"]
+        for name in ("block", "seqlens_q", "seqlens_kv", "page_size"):
+            if out[name] is None:
+                del out[name]
+            elif name.startswith("seqlens"):
+                out[name] = list(out[name])
         return out
 
     @classmethod
@@ -189,6 +323,16 @@ class Case:
         if unknown:
             raise ValueError(f"unknown case field(s): {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+def _tokens(n: int) -> str:
+    """A length as batch specs write it: 2048 -> ``2k``, 100 -> ``100``."""
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def _count(n: int) -> str:
+    """A token count at a glance: 600 -> ``600``, 8192 -> ``8.2k``."""
+    return str(n) if n < 1000 else f"{n / 1000:.1f}k"
 
 
 def _parse_dtype(name: str) -> torch.dtype:

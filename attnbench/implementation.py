@@ -40,7 +40,7 @@ class Implementation:
     """An attention implementation and the capabilities it declares.
 
     ``build(case)`` runs once per case, outside any timed region, and returns
-    ``(q, k, v) -> out`` or raises ``Unsupported(reason)``. The declared
+    ``(q, k, v) -> out`` (with keywords for packed and paged cases) or raises ``Unsupported(reason)``. The declared
     capabilities let the runner skip a case without building; they must be
     truthful: whatever they admit has to build and be correct.
 
@@ -49,7 +49,8 @@ class Implementation:
     - ``cross``: accepts ``seq_q != seq_kv`` (masks bottom-right aligned).
     - ``backward``: the returned callable is differentiable w.r.t. q, k and v.
     - ``layout``: ``"bhsd"`` (default) or ``"bshd"``; the runner transposes
-      inputs and output outside the timed region.
+      inputs and output outside the timed region. Packed cases have one layout,
+      ``(tokens, heads, head_dim)``, whatever this says.
     - ``out``: the callable takes ``out=`` (a preallocated output, in the
       layout, that it must fill completely and return); the runner passes a
       NaN-poisoned buffer to catch unwritten elements.
@@ -57,6 +58,10 @@ class Implementation:
       error is reported without a verdict.
     - ``ranked``: False keeps it off leaderboards (the float64 reference).
     - ``params``: the knobs an approximate implementation was built with.
+    - ``ragged``: accepts packed batches of per-sequence lengths, called with
+      FlashAttention's varlen keywords (``attnbench.packing``).
+    - ``paged``: accepts paged KV caches, called with FlashAttention's kvcache
+      keywords (``attnbench.packing``).
     - ``memory``: ``memory(case) -> int``, the bytes one call needs beyond the
       resident q, k, v, output (and dO and the gradients in backward), forward
       and backward together; the budget pre-check adds it to those. None: a
@@ -72,6 +77,8 @@ class Implementation:
     gqa: bool = False
     cross: bool = True
     backward: bool = False
+    ragged: bool = False
+    paged: bool = False
     layout: str = "bhsd"
     out: bool = False
     exact: bool = True
@@ -111,8 +118,12 @@ class Implementation:
             return f"mask {case.mask} not supported (declares {', '.join(sorted(self.masks))})"
         if case.gqa and not self.gqa:
             return "GQA/MQA (heads_kv < heads_q) not supported"
-        if case.seq_q != case.seq_kv and not self.cross:
+        if case.cross and not self.cross:
             return "seq_q != seq_kv not supported"
+        if case.paged and not self.paged:
+            return "paged KV cache (page_size) not supported"
+        if case.packed and not case.paged and not self.ragged:
+            return "ragged (packed) batches not supported"
         if case.needs_backward and not self.backward:
             return "backward not supported"
         return None
@@ -130,6 +141,8 @@ class Implementation:
             "gqa": self.gqa,
             "cross": self.cross,
             "backward": self.backward,
+            "ragged": self.ragged,
+            "paged": self.paged,
             "layout": self.layout,
             "out": self.out,
             "exact": self.exact,

@@ -87,7 +87,7 @@ class Trial:
         floating point, so the baseline's errors are the original's.
         """
         i = self.inputs
-        twin = corr.Inputs(i.q, i.k, -i.v, None if i.grad_out is None else -i.grad_out)
+        twin = i.replace(v=-i.v, grad_out=None if i.grad_out is None else -i.grad_out)
         flip = (True, False, False, True)  # out, dq, dk, dv
         return Trial(self.seed, twin, self.rows,
                      tuple(-t if f else t for t, f in zip(self.expected, flip)),
@@ -111,12 +111,8 @@ class _References:
         if seed not in self.trials:
             inputs = corr.make_inputs(case, seed)
             rows = corr.sample_rows(case, max_rows, seed) if not case.needs_backward else None
-            if case.needs_backward:
-                expected = corr.math_attention_grads(inputs, case, dtype=torch.float64)
-                baseline = corr.math_attention_grads(inputs, case, dtype=case.dtype)
-            else:
-                expected = (corr.math_attention(inputs.q, inputs.k, inputs.v, case, dtype=torch.float64, rows=rows),)
-                baseline = (corr.math_attention(inputs.q, inputs.k, inputs.v, case, dtype=case.dtype, rows=rows),)
+            expected = corr.reference_outputs(inputs, case, dtype=torch.float64, rows=rows)
+            baseline = corr.reference_outputs(inputs, case, dtype=case.dtype, rows=rows)
             self.trials[seed] = Trial(seed, inputs, rows, expected, baseline)
         return self.trials[seed]
 
@@ -126,7 +122,15 @@ _REFERENCES = _References()
 
 def _copy(inputs: corr.Inputs) -> corr.Inputs:
     """Inputs an implementation may scribble on without touching the cached ones the next is checked on."""
-    return corr.Inputs(*(None if t is None else t.clone() for t in (inputs.q, inputs.k, inputs.v, inputs.grad_out)))
+    keywords = {name: value.clone() if isinstance(value, torch.Tensor) else value
+                for name, value in inputs.keywords.items()}
+    return corr.Inputs(*(None if t is None else t.clone() for t in (inputs.q, inputs.k, inputs.v, inputs.grad_out)),
+                       keywords=keywords)
+
+
+def layout_of(impl: Implementation, case: Case) -> str:
+    """The layout ``impl`` is handed ``case`` in: its declared one, but packed tensors have only one."""
+    return "bhsd" if case.packed else impl.layout
 
 
 class Step:
@@ -155,22 +159,23 @@ class Step:
         return result
 
     def _one(self, fn: Callable, impl: Implementation, case: Case, inputs: corr.Inputs, i: int) -> Callable[[], object]:
-        given = _in_layout(inputs, impl)
+        given = _in_layout(inputs, impl, case)
         q, k, v = given.q, given.k, given.v
+        keywords = given.keywords
         last = self.last
         if case.pass_ == "fwd":
             buffer = torch.empty_like(q) if impl.out else None
 
             def forward():
                 with torch.no_grad():
-                    out = fn(q, k, v) if buffer is None else fn(q, k, v, out=buffer)
+                    out = fn(q, k, v, **keywords) if buffer is None else fn(q, k, v, out=buffer, **keywords)
                 last[i] = (out,)
                 return out
             return forward
         q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
         grad_out = given.grad_out
         if case.pass_ == "bwd":
-            out = fn(q, k, v)
+            out = fn(q, k, v, **keywords)
 
             def backward():
                 grads = torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True)
@@ -179,7 +184,7 @@ class Step:
             return backward
 
         def forward_backward():
-            out = fn(q, k, v)
+            out = fn(q, k, v, **keywords)
             grads = torch.autograd.grad(out, (q, k, v), grad_out)
             last[i] = (out.detach(), *grads)
             return grads
@@ -196,21 +201,23 @@ def make_step(fn: Callable, impl: Implementation, case: Case, inputs: corr.Input
     return Step(fn, impl, case, [inputs] if isinstance(inputs, corr.Inputs) else list(inputs))
 
 
-def _in_layout(inputs: corr.Inputs, impl: Implementation) -> corr.Inputs:
+def _in_layout(inputs: corr.Inputs, impl: Implementation, case: Case) -> corr.Inputs:
     """The inputs as the implementation takes them: converted here, outside any measured region, so a bshd
     implementation is not charged for the harness's transposes."""
-    return corr.Inputs(*(None if t is None else to_layout(t, impl.layout)
-                         for t in (inputs.q, inputs.k, inputs.v, inputs.grad_out)))
+    layout = layout_of(impl, case)
+    return corr.Inputs(*(None if t is None else to_layout(t, layout)
+                         for t in (inputs.q, inputs.k, inputs.v, inputs.grad_out)), keywords=inputs.keywords)
 
 
 def _run_trial(fn: Callable, impl: Implementation, case: Case, given: corr.Inputs) -> tuple[torch.Tensor, ...]:
     """Outputs (and gradients for backward cases) of one correctness call on inputs already in the
     implementation's layout (``_in_layout``), back in bhsd layout."""
     q, k, v = given.q, given.k, given.v
+    keywords, layout = given.keywords, layout_of(impl, case)
     if not case.needs_backward:
         poisoned = torch.full_like(q, float("nan")) if impl.out else None
         with torch.no_grad():
-            out = fn(q, k, v) if poisoned is None else fn(q, k, v, out=poisoned)
+            out = fn(q, k, v, **keywords) if poisoned is None else fn(q, k, v, out=poisoned, **keywords)
         _check_output(out, case, given)
         if poisoned is not None:
             if out.data_ptr() != poisoned.data_ptr():
@@ -218,16 +225,16 @@ def _run_trial(fn: Callable, impl: Implementation, case: Case, given: corr.Input
             unwritten = int(torch.isnan(poisoned).sum())
             if unwritten:
                 raise _Incorrect(f"left {unwritten} of {poisoned.numel()} elements of the out buffer unwritten")
-        return (from_layout(out, impl.layout),)
+        return (from_layout(out, layout),)
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
-    out = fn(q, k, v)
+    out = fn(q, k, v, **keywords)
     _check_output(out, case, given)
     if not out.requires_grad:
         raise _Incorrect("output does not depend on q, k, v through autograd (no gradient)")
     grads = torch.autograd.grad(out, (q, k, v), given.grad_out, allow_unused=True)
     if any(g is None for g in grads):
         raise _Incorrect("gradient missing for " + ", ".join(n for n, g in zip("qkv", grads) if g is None))
-    return tuple(from_layout(t, impl.layout) for t in (out.detach(), *grads))
+    return tuple(from_layout(t, layout) for t in (out.detach(), *grads))
 
 
 def _check_output(out: object, case: Case, given: corr.Inputs) -> None:
@@ -280,7 +287,7 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, ca
     failure = None
     for trial_index in _trials(req):
         trial = _REFERENCES.get(case, _seed(req, trial_index), req.correctness.max_rows)
-        given = _in_layout(_copy(trial.inputs), impl)
+        given = _in_layout(_copy(trial.inputs), impl, case)
         if trial_index == MEMORY_TRIAL and _memory_from_trials(req):
             box: list = []
 
@@ -297,7 +304,10 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, ca
                                        (given.q, given.k, given.v)):
             # The tensors the implementation was handed, compared in bhsd: a write into them is caught here,
             # and cannot reach the cached inputs that the next implementation is checked on.
-            if not torch.equal(before, from_layout(after, impl.layout)):
+            if not torch.equal(before, from_layout(after, layout_of(impl, case))):
+                raise _Incorrect(f"the implementation wrote into its input {name}")
+        for name, before in trial.inputs.keywords.items():
+            if isinstance(before, torch.Tensor) and not torch.equal(before, given.keywords[name]):
                 raise _Incorrect(f"the implementation wrote into its input {name}")
         judged, reason = _judge(results, trial, impl, case, tolerance)
         for name, entry in judged.items():
@@ -313,7 +323,7 @@ def _check_correctness(fn, impl: Implementation, req: Request, metrics: dict, ca
             metrics[f"{prefix}nonfinite"] = entry["errors"]["nonfinite"]
     metrics["correctness_seeds"] = len(_trials(req))
     max_rows = req.correctness.max_rows
-    metrics["correctness_rows"] = None if max_rows is None or case.seq_q <= max_rows or case.needs_backward else max_rows
+    metrics["correctness_rows"] = None if max_rows is None or case.seq_q <= max_rows or case.needs_backward or case.packed else max_rows
     return failure
 
 
@@ -344,11 +354,12 @@ def _check_after_timing(step: Step, trials: list[Trial], impl: Implementation, r
         if results is None:
             continue
         out = results[0]
-        problem = corr.output_problem(from_layout(out, impl.layout) if isinstance(out, torch.Tensor) else out,
+        layout = layout_of(impl, req.case)
+        problem = corr.output_problem(from_layout(out, layout) if isinstance(out, torch.Tensor) else out,
                                       req.case, trial.inputs.q)
         if problem:
             return f"after {step.calls} calls: {problem} (seed {trial.seed}{trial.label})"
-        _, failure = _judge([from_layout(t, impl.layout) for t in results], trial, impl, req.case,
+        _, failure = _judge([from_layout(t, layout) for t in results], trial, impl, req.case,
                             req.correctness.rule())
         if failure:
             return f"after {step.calls} calls: {failure}"

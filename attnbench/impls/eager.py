@@ -10,10 +10,13 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 from attnbench.masks import MASKS, dense_mask
-from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, score_elements
+from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, per_sequence_workspace, score_elements
+from attnbench.packing import per_sequence
 
 
 def build(case: Case):
+    if case.packed:
+        return per_sequence(case, build)
     scale = case.softmax_scale
     group = case.group_size
     allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=case.device, block=case.block)
@@ -57,10 +60,13 @@ def attnbench_implementations() -> list[Implementation]:
         Implementation(
             name="eager",
             build=build,
-            description="Matmul, softmax, matmul in the input dtype: the attention people write by hand.",
+            description=("Matmul, softmax, matmul in the input dtype: the attention people write by hand "
+                         "(ragged and paged batches a sequence at a time, pages gathered)."),
             masks=frozenset(MASKS),
             gqa=True,
             backward=True,
-            memory=workspace_bytes,
+            ragged=True,
+            paged=True,
+            memory=per_sequence_workspace(workspace_bytes),
         )
     ]

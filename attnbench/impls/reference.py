@@ -10,7 +10,8 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 from attnbench.masks import MASKS, dense_mask
-from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, score_elements
+from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, per_sequence_workspace, score_elements
+from attnbench.packing import per_sequence
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
@@ -27,6 +28,9 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case:
 
 
 def build(case: Case):
+    if case.packed:
+        return per_sequence(case, build)
+
     def reference(q, k, v):
         return reference_attention(q, k, v, case).to(q.dtype)
 
@@ -57,6 +61,8 @@ def attnbench_implementations() -> list[Implementation]:
             gqa=True,
             backward=True,
             ranked=False,
-            memory=workspace_bytes,
+            ragged=True,
+            paged=True,
+            memory=per_sequence_workspace(workspace_bytes),
         )
     ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from attnbench import packing
 from attnbench.case import Case
 from attnbench.masks import mask_tile
 
@@ -30,12 +31,24 @@ works on, each hold at most this many elements, so the reference fits in memory 
 
 @dataclass(frozen=True)
 class Inputs:
-    """One trial's tensors: q, k, v, and the upstream gradient for backward cases."""
+    """One trial's tensors: q, k, v, the upstream gradient for backward cases, and the keywords the
+    callable is called with beside them (a packed case's offsets, a paged case's block table)."""
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     grad_out: torch.Tensor | None = None
+    keywords: dict = field(default_factory=dict)
+
+    def replace(self, **changes) -> Inputs:
+        """These inputs with some tensors replaced, the keywords kept."""
+        return Inputs(**{"q": self.q, "k": self.k, "v": self.v, "grad_out": self.grad_out,
+                         "keywords": self.keywords, **changes})
+
+    @property
+    def table(self) -> torch.Tensor | None:
+        """A paged case's block table; None otherwise."""
+        return self.keywords.get("block_table")
 
 
 @dataclass
@@ -48,7 +61,11 @@ class Tolerance:
 
 
 def make_inputs(case: Case, seed: int) -> Inputs:
-    """Standard-normal q, k, v (and dO for backward) from ``seed``: never zeros, fresh for every trial."""
+    """Standard-normal q, k, v (and dO for backward) from ``seed``: never zeros, fresh for every trial.
+
+    A packed case's tensors are packed (a paged case's k and v are its page pools, the unused
+    slots of the last pages random too), with the call keywords of ``packing.call_keywords``.
+    """
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def draw(shape):
@@ -57,12 +74,15 @@ def make_inputs(case: Case, seed: int) -> Inputs:
 
     q, k, v = draw(case.q_shape), draw(case.kv_shape), draw(case.kv_shape)
     grad_out = draw(case.q_shape) if case.needs_backward else None
-    return Inputs(q, k, v, grad_out)
+    return Inputs(q, k, v, grad_out, packing.call_keywords(case, seed))
 
 
 def sample_rows(case: Case, max_rows: int | None, seed: int) -> torch.Tensor | None:
-    """Query rows to check: all (None) up to ``max_rows``; beyond, a fresh random sample that keeps the first and last."""
-    if max_rows is None or case.seq_q <= max_rows:
+    """Query rows to check: all (None) up to ``max_rows``; beyond, a fresh random sample that keeps the first and last.
+
+    A packed case is checked on every row: its reference is computed a sequence at a time.
+    """
+    if max_rows is None or case.seq_q <= max_rows or case.packed:
         return None
     gen = torch.Generator().manual_seed(seed + 7919)
     middle = torch.randperm(case.seq_q - 2, generator=gen)[: max_rows - 2] + 1
@@ -156,6 +176,35 @@ def _grouped(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
             k.reshape(heads, case.seq_kv, case.head_dim), v.reshape(heads, case.seq_kv, case.head_dim))
 
 
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, *, dtype: torch.dtype,
+                     table: torch.Tensor | None = None) -> torch.Tensor:
+    """``math_attention`` of a packed case, one sequence at a time: ``(total_q, heads_q, head_dim)`` in ``dtype``.
+
+    Each sequence is a dense case of its own (masks bottom-right aligned within it); a paged
+    case's keys and values are gathered from the pools through ``table``.
+    """
+    out = torch.empty(case.q_shape, dtype=dtype, device=q.device)
+    start = 0
+    for sequence, qi, ki, vi in packing.sequence_views(case, q, k, v, table):
+        out[start:start + sequence.seq_q] = packing.unpad(math_attention(qi, ki, vi, sequence, dtype=dtype))
+        start += sequence.seq_q
+    return out
+
+
+def packed_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``math_attention_grads`` of a (ragged, never paged) packed case, one sequence at a time, packed."""
+    out, dq = (torch.empty(case.q_shape, dtype=dtype, device=inputs.q.device) for _ in range(2))
+    dk, dv = (torch.empty(case.kv_shape, dtype=dtype, device=inputs.q.device) for _ in range(2))
+    q_starts, kv_starts = packing.offsets(case.seqlens_q), packing.offsets(case.seqlens_kv)
+    views = packing.sequence_views(case, inputs.q, inputs.k, inputs.v)
+    for i, (sequence, qi, ki, vi) in enumerate(views):
+        rows, keys = slice(q_starts[i], q_starts[i + 1]), slice(kv_starts[i], kv_starts[i + 1])
+        go = inputs.grad_out[rows].transpose(0, 1).unsqueeze(0)
+        results = math_attention_grads(Inputs(qi, ki, vi, go), sequence, dtype=dtype)
+        out[rows], dq[rows], dk[keys], dv[keys] = (packing.unpad(t) for t in results)
+    return out, dq, dk, dv
+
+
 def math_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, *, dtype: torch.dtype, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -182,6 +231,19 @@ def math_attention(
                 out[h0:h1, g0:g1, r0:r1] = _attend(qc.to(dtype), kc, vc, hidden, case.softmax_scale)
             del kc, vc
     return out.view(case.batch, case.heads_q, n_rows, case.head_dim)
+
+
+def reference_outputs(inputs: Inputs, case: Case, *, dtype: torch.dtype, rows: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, ...]:
+    """What plain attention in ``dtype`` gives for the case's pass: the output (on ``rows``), and the
+    gradients too when the case runs backward; per sequence for packed cases."""
+    if case.needs_backward:
+        if case.packed:
+            return packed_attention_grads(inputs, case, dtype=dtype)
+        return math_attention_grads(inputs, case, dtype=dtype)
+    if case.packed:
+        return (packed_attention(inputs.q, inputs.k, inputs.v, case, dtype=dtype, table=inputs.table),)
+    return (math_attention(inputs.q, inputs.k, inputs.v, case, dtype=dtype, rows=rows),)
 
 
 def math_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

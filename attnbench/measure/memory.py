@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from attnbench.case import Case
 from attnbench.hardware import available_memory_bytes
-from attnbench.implementation import Implementation
+from attnbench.implementation import Implementation, MemoryModel
 from attnbench.measure.correctness import chunking
 from attnbench.options import Correctness
 
@@ -225,6 +225,23 @@ def materialized_workspace_bytes(case: Case, itemsize: int) -> int:
     return scores + copies * (2 if bwd else 1) + 2 * dense_mask_bytes(case)
 
 
+def per_sequence_workspace(dense_model: MemoryModel) -> MemoryModel:
+    """The memory model of an implementation that runs a dense kernel of ``dense_model`` a sequence at a
+    time (``packing.per_sequence``) on packed cases, and the dense kernel itself on dense ones.
+
+    Packed: the largest sequence's workspace beside its own q, k, v and output (slices are views, but
+    gathered pages, a kernel's contiguous copies and each output are not), plus the outputs of all
+    sequences, held until they are concatenated into the resident output.
+    """
+    def model(case: Case) -> int:
+        if not case.packed:
+            return dense_model(case)
+        largest = max(dense_model(sequence) + resident_bytes(sequence) for sequence in case.sequences())
+        return largest + math.prod(case.q_shape) * case.dtype.itemsize * (2 if case.needs_backward else 1)
+    model.__doc__ = dense_model.__doc__
+    return model
+
+
 # --- the harness's share ------------------------------------------------------
 #
 # While implementations of a case run, the worker keeps each correctness seed's
@@ -294,7 +311,28 @@ class ReferenceBytes(NamedTuple):
 
 def reference_bytes(case: Case, seeds: int = Correctness.seeds, max_rows: int | None = Correctness.max_rows
                     ) -> ReferenceBytes:
-    """What a worker holds for the correctness references of ``case`` with ``seeds`` seeds, and its peaks.
+    """What a worker holds for the correctness references of ``case`` with ``seeds`` seeds, and its peaks
+    (packed cases: summed and maxed over their sequences; see ``_dense_reference_bytes``)."""
+    if case.packed:
+        return _packed_reference_bytes(case, seeds, max_rows)
+    return _dense_reference_bytes(case, seeds, max_rows)
+
+
+def _packed_reference_bytes(case: Case, seeds: int, max_rows: int | None) -> ReferenceBytes:
+    """A packed case's references are computed a sequence at a time: what is held adds up over the
+    sequences, the peak of computing is the largest sequence's, beside its gathered (or sliced) q, k, v."""
+    parts = [_dense_reference_bytes(sequence, seeds, None) for sequence in case.sequences()]
+    largest = max(resident_bytes(sequence) + part.computing for sequence, part in zip(case.sequences(), parts))
+    # A paged pool holds the unused slots of the last pages too: the dense parts count only real tokens.
+    padding = (math.prod(case.kv_shape) - case.total_kv * case.heads_kv * case.head_dim) * case.dtype.itemsize
+    # Each part's timing counts its own slack for small buffers: the case needs it once.
+    timing = sum(p.timing for p in parts) - (len(parts) - 1) * _SLACK_BYTES
+    return ReferenceBytes(sum(p.cached for p in parts) + 2 * padding * max(1, seeds), largest, timing,
+                          sum(p.timing_inputs for p in parts) + 2 * padding)
+
+
+def _dense_reference_bytes(case: Case, seeds: int, max_rows: int | None) -> ReferenceBytes:
+    """What a worker holds for the correctness references of a dense ``case`` with ``seeds`` seeds, and its peaks.
 
     ``cached``: per seed (a process checks at most all of them) a trial: q, k, v (and dO) in the case
     dtype, the float64 expected output on the checked rows (and gradients), and the same-dtype baseline;
@@ -351,7 +389,7 @@ def predict_peak_bytes(case: Case, impl: Implementation, seeds: int = Correctnes
     bhsd gets its input sets as transposed copies, made while the bhsd ones are alive.
     """
     harness = reference_bytes(case, seeds, max_rows)
-    relayout = harness.timing_inputs if impl.layout != "bhsd" else 0
+    relayout = harness.timing_inputs if impl.layout != "bhsd" and not case.packed else 0
     return harness.cached + max(harness.computing, call_peak_bytes(case, impl) + harness.timing + relayout)
 
 
