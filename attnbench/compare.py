@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnbench.errors import UserError
-from attnbench.report.format import case_label, format_time
+from attnbench.report.format import case_label, distinct_labels, format_time
 from attnbench.report.runs import Run
 from attnbench.report.speedup import noise
 from attnbench.results import MEASURED, Record, pair_key
@@ -174,12 +174,13 @@ def _change_table(title: str, changes: list[Change]) -> Table:
     for name, justify in (("implementation", "left"), ("case", "left"), ("base", "right"), ("new", "right"),
                           ("change", "right"), ("noise", "right"), ("verdict", "left"), ("status", "left")):
         table.add_column(name, justify=justify)
-    for c in changes:
+    # Packed batches of different lengths can share a label: a table tells its rows apart.
+    for c, label in zip(changes, distinct_labels([c.case for c in changes])):
         times = [format_time(median_time(r)) if r and median_time(r) else "" for r in (c.base, c.new)]
         status = " → ".join(markup(r.status if r else "—") for r in (c.base, c.new))
         if c.new is not None and c.new.status != "ok" and c.new.reason:
             status += f" [dim]{markup(c.new.reason.splitlines()[0])}[/]"
-        table.add_row(markup(c.impl), markup(c.label), *times, "" if c.ratio is None else _pct(c.ratio),
+        table.add_row(markup(c.impl), markup(label), *times, "" if c.ratio is None else _pct(c.ratio),
                       "" if c.noise is None else f"±{100 * c.noise:.0f}%", c.verdict, status)
     return table
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from attnbench.errors import UserError
 from attnbench.recommend import Setting, settings, signature
-from attnbench.report.format import case_label
+from attnbench.report.format import distinct_labels
 from attnbench.report.runs import Run, load_runs, load_tree
 from attnbench.report.speedup import noise
 from attnbench.results import load, write_json_atomic
@@ -95,13 +95,15 @@ def write_pyperf(run: Run, out: Path) -> int:
     shared = {"unit": "second", "date": run.started, "hostname": env.get("hostname"), "cpu_model_name": env.get("cpu"),
               "attnbench_hardware": run.hardware, "attnbench_torch": env.get("torch"), "attnbench_run": run.id}
     benchmarks = []
-    for record in run.records:
+    # pyperf names each benchmark once: packed batches whose shapes read the same are told apart by their lengths.
+    labels = distinct_labels([r.case for r in run.records])
+    for record, label in zip(run.records, labels):
         m = record.metrics
         medians = m.get("time_ms_process_medians") or ([m["time_ms_median"]] if m.get("time_ms_median") else [])
         medians = [v for v in medians if v]
         if record.status != "ok" or not medians:
             continue
-        metadata = {**shared, "name": f"{record.impl} {case_label(record.case)}",
+        metadata = {**shared, "name": f"{record.impl} {label}",
                     "attnbench_plugin": record.plugin, "attnbench_version": record.version,
                     "attnbench_timing_method": m.get("timing_method")}
         # pyperf refuses empty metadata values.
@@ -133,7 +135,8 @@ def dispatch_table(found: list[Setting]) -> dict[str, Any]:
         tables.append({"hardware": s.hardware, "torch": s.torch, "device": first.get("device"),
                        "attnbench": first.get("attnbench"), "runs": [r.id for r in s.runs], "cases": cases})
     return {"format": DISPATCH_FORMAT, "version": DISPATCH_VERSION,
-            "signature": "pass|dtype|mask|bBATCH|hqHEADS_Q|hkvHEADS_KV|dHEAD_DIM|sqSEQ_Q|skvSEQ_KV[|winWINDOW][|scaleSCALE]",
+            "signature": "pass|dtype|mask|bBATCH|hqHEADS_Q|hkvHEADS_KV|dHEAD_DIM|sqSEQ_Q|skvSEQ_KV[|winWINDOW][|scaleSCALE]"
+                         "[|FIELD=VALUE...]",
             "tables": tables}
 
 

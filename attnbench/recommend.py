@@ -12,7 +12,8 @@ tied with it: an order inside the noise is not a result.
 Phases: ``train`` is the cases with a backward pass (``fwd+bwd``, ``bwd``);
 ``decode`` the forward cases with at most DECODE_MAX_Q queries (one token, or
 a few draft tokens of speculative decoding); ``prefill`` the other forward
-cases. ``--model NAME`` keeps the cases whose heads_q, heads_kv and head_dim
+cases. A packed batch goes by its longest query run (``seq_q``), so a batch
+that mixes prefills with decodes (``2q2k_32q1s1k``) is a prefill case. ``--model NAME`` keeps the cases whose heads_q, heads_kv and head_dim
 are the model's: ``Shape`` is the filter, and a preset table plugs in as
 ``attnbench.models.MODELS``, a mapping of name to a preset with those three
 fields (attributes or keys), and a preset whose ``pending`` says why it
@@ -34,7 +35,7 @@ from rich.table import Table
 
 from attnbench.compare import median_time
 from attnbench.errors import UserError
-from attnbench.report.format import format_bytes, format_time, seq_text
+from attnbench.report.format import batch_shape, format_bytes, format_time, is_packed, lengths_text, seq_text
 from attnbench.report.quality import kernel_runs
 from attnbench.report.runs import Entry, Run, case_key
 from attnbench.report.speedup import noise, speedup
@@ -175,7 +176,8 @@ def recommend(runs: list[Run], phase_name: str | None = None, shape: Shape | Non
 def signature(case: dict[str, Any]) -> str:
     """The case as one stable string: ``pass|dtype|mask|bB|hqH|hkvH|dD|sqN|skvN``, then ``|winW`` for a sliding
     window, ``|scaleS`` for an explicit scale and ``|field=value`` for any other field, sorted (device left out:
-    the hardware says it), e.g. ``fwd|bfloat16|causal|b8|hq32|hkv8|d128|sq1|skv8192``."""
+    the hardware says it), e.g. ``fwd|bfloat16|causal|b8|hq32|hkv8|d128|sq1|skv8192``; a packed batch's lengths
+    follow as ``|page_size=16|seqlens_kv=4096,1024|seqlens_q=1,1`` (sq and skv are its longest)."""
     parts = [str(case["pass"]), str(case["dtype"]), str(case["mask"]), f"b{case['batch']}", f"hq{case['heads_q']}",
              f"hkv{case['heads_kv']}", f"d{case['head_dim']}", f"sq{case['seq_q']}", f"skv{case['seq_kv']}"]
     if case.get("window") is not None:
@@ -184,12 +186,19 @@ def signature(case: dict[str, Any]) -> str:
         parts.append(f"scale{case['scale']:g}")
     known = {"pass", "dtype", "mask", "batch", "heads_q", "heads_kv", "head_dim", "seq_q", "seq_kv", "window", "scale",
              "device"}
-    parts += [f"{k}={case[k]}" for k in sorted(case) if k not in known]
+    parts += [f"{k}={_value(case[k])}" for k in sorted(case) if k not in known]
     return "|".join(parts)
+
+
+def _value(value: Any) -> str:
+    """A field as a signature writes it: a packed batch's lengths joined by commas (``seqlens_q=5,1,1``)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _shape_label(case: dict[str, Any]) -> str:
     heads = f"H{case['heads_q']}" if case["heads_q"] == case["heads_kv"] else f"H{case['heads_q']}/{case['heads_kv']}"
+    if is_packed(case):
+        return f"{batch_shape(case)} {heads} D{case['head_dim']}"
     return f"B{case['batch']} {heads} N{seq_text(case, 'x')} D{case['head_dim']}"
 
 
@@ -239,7 +248,11 @@ def print_recommendations(console: Console, found: list[Setting]) -> None:
                 table.add_column(name, justify=justify)
             if approximate:
                 table.add_column("fastest exact", justify="left")
-            for p in picks:
+            shapes = [_shape_label(p.case) for p in picks]
+            # Packed batches of different lengths can read the same: their rows say their lengths.
+            shapes = [f"{t} [{lengths_text(p.case)}]" if shapes.count(t) > 1 and is_packed(p.case) else t
+                      for t, p in zip(shapes, picks)]
+            for p, shape in zip(picks, shapes):
                 best = p.best
                 if best is None:
                     cells = ["[red]none correct[/]", _failures(p), "", "", ""]
@@ -254,7 +267,7 @@ def print_recommendations(console: Console, found: list[Setting]) -> None:
                     exact = p.fastest_exact
                     cells.append("" if best is None or best.record.exact else (
                         f"{_name(exact)} {format_time(median_time(exact.record))}" if exact else "[dim]none correct[/]"))
-                table.add_row(markup(_shape_label(p.case)), phase(p.case), *cells)
+                table.add_row(markup(shape), phase(p.case), *cells)
             console.print(table)
     console.print("[dim]fastest: the quickest implementation with status ok (approx: not exact); tied: inside the "
                   "timing noise of the fastest (the larger of IQR/median and the spread between processes)[/]")

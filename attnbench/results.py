@@ -252,7 +252,12 @@ def read_results(path: str | os.PathLike) -> dict:
 
 
 def load(path: str | os.PathLike):
-    """One row per record as a pandas DataFrame: case fields, impl, status, reason and metrics as columns."""
+    """One row per record as a pandas DataFrame: case fields, impl, status, reason and metrics as columns.
+
+    A packed case's lengths are one text cell each (``"37,512,4096"``): a cell pandas can group by and CSV and
+    Parquet write as they are, where a list would be neither. Metrics that are lists or objects (a paged pair's
+    ``block_tables``) are left out.
+    """
     import pandas as pd
 
     data = read_results(path)
@@ -260,7 +265,7 @@ def load(path: str | os.PathLike):
     rows = []
     for rec in data["records"]:
         row = {"run_id": run.get("id"), "suite": run.get("suite", {}).get("name"), "hardware": rec.get("hardware")}
-        row.update(rec["case"])
+        row.update({k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in rec["case"].items()})
         row.update({k: rec.get(k) for k in ("impl", "plugin", "version", "exact", "ranked", "status", "reason")})
         row.update({k: v for k, v in rec.get("metrics", {}).items() if not isinstance(v, (list, dict))})
         rows.append(row)

@@ -202,13 +202,43 @@ POSITIVE, COUNT = number(1, integer=True), number(0, integer=True)
 FIGURE = number(nullable=True)
 """A measured figure: time, bytes, FLOP/s, an error, a count; null where it was not finite."""
 
-KERNEL_CASE = obj(
+LENGTHS = array(POSITIVE)
+"""A packed batch's per-sequence lengths (``seqlens_q``, ``seqlens_kv``)."""
+_KERNEL_FIELDS = obj(
     required={**dict.fromkeys(("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim"), POSITIVE),
               "dtype": TEXT, "device": TEXT, "mask": TEXT, "window": number(1, integer=True, nullable=True),
               "scale": number(0, above=True, nullable=True), "pass": TEXT},
-    optional={"block": number(1, integer=True, nullable=True)},
+    optional={"block": number(1, integer=True, nullable=True), "seqlens_q": LENGTHS, "seqlens_kv": LENGTHS,
+              "page_size": number(1, integer=True, nullable=True)},
     rest=scalar,
 )
+
+
+def _lengths_fit(value: dict, path: str) -> None:
+    """A packed case's lengths as ``Case`` takes them: both or neither, one per sequence, the longest seq_q/seq_kv.
+
+    Readers sum them, key on them and rebuild the Case from them, so lengths that disagree with the rest of the
+    case are refused here rather than as a ValueError deep in a report.
+    """
+    if ("seqlens_q" in value) != ("seqlens_kv" in value):
+        given, other = ("seqlens_q", "seqlens_kv") if "seqlens_q" in value else ("seqlens_kv", "seqlens_q")
+        raise _Problem(f"{_child(path, other)}: missing (a packed case gives {given} and {other} together)")
+    for name, longest in (("seqlens_q", "seq_q"), ("seqlens_kv", "seq_kv")):
+        lengths = value.get(name)
+        if lengths is None:
+            continue
+        expected = f"one length per sequence ({value['batch']}, the batch), the longest {value[longest]} ({longest})"
+        if len(lengths) != value["batch"] or max(lengths, default=0) != value[longest]:
+            _fail(_child(path, name), expected, lengths, f" of {len(lengths)}, longest {max(lengths, default=0)}")
+
+
+def kernel_case(value: Any, path: str, depth: int) -> None:
+    """A kernel case's fields; a packed one's lengths agree with its batch and longest sequences."""
+    _KERNEL_FIELDS(value, path, depth)
+    _lengths_fit(value, path)
+
+
+KERNEL_CASE = kernel_case
 TASK_CASE = obj(
     required={"task": TEXT, **dict.fromkeys(("seq_len", "vocab", "d_model", "heads", "layers", "batch", "steps",
                                              "eval_size"), POSITIVE),
@@ -236,8 +266,12 @@ def metric(value: Any, path: str, depth: int) -> None:
     (FIGURE if path.endswith(TASK_STATS) else measure)(value, path, depth)
 
 
+BLOCK_TABLE = obj(required={"seed": number(None, integer=True), "sha256": TEXT},
+                  optional={"pages": array(array(COUNT))})
+"""One trial's page table of a paged pair (runner.paging_metrics): its seed, digest, and maybe its rows."""
 METRICS = obj(
     optional={**dict.fromkeys(NUMERIC_METRICS, FIGURE), "time_ms_process_medians": array(FIGURE),
+              "page_pool": COUNT, "block_tables": array(BLOCK_TABLE),
               "timing_method": TEXT, "timing_notes": array(TEXT), "seeds": array(COUNT),
               "per_seed": array(obj(rest=measure)), "agrees_with_eager": flag(nullable=True),
               "agreement": MAYBE_TEXT},

@@ -8,6 +8,7 @@ yields exactly one record, whatever happens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from attnbench.case import Case
 from attnbench.implementation import Implementation
 from attnbench.options import Correctness, Timing
+from attnbench.packing import block_table
 from attnbench.plugins import ONLY_ENV
 from attnbench.protocol import MAX_REPLY_BYTES, ProtocolViolation, new_request, parse_reply
 from attnbench.results import Record
@@ -305,7 +307,41 @@ def plan(cases: Iterable[Case], impls: list[Implementation], options: RunOptions
     return todo, settled
 
 
+TABLE_PAGES_RECORDED = 1024
+"""A paged pair's record holds each trial's page table in full up to this many pages; a larger pool's tables
+are recorded by seed and digest only (``packing.block_table`` rebuilds them), so a record stays a few KB."""
+
+
+def trial_seeds(options: RunOptions) -> list[int]:
+    """The seeds of the input sets a pair's workers make: ``seed * 1000 + trial`` per correctness trial, as
+    ``measurement._seed`` draws them (a run that checks none times on trial 0's)."""
+    return [options.seed * 1000 + trial for trial in range(options.correctness.seeds) or [0]]
+
+
+def paging_metrics(case: Case, options: RunOptions) -> dict:
+    """What a reader needs to rebuild a paged pair's caches: the pool's size and each trial's page table.
+
+    Computed here in the parent from the case and the seeds (the harness's tables are a function of both), so the
+    worker protocol carries nothing more. ``pages`` lists sequence i's pages in order (the table the kernel got is
+    these rows padded with 0); ``sha256`` digests that padded int32 table's little-endian bytes, row after row.
+    Empty for a case that is not paged.
+    """
+    if not case.paged:
+        return {}
+    tables = []
+    for seed in trial_seeds(options):
+        table = block_table(case, seed)
+        entry = {"seed": seed, "sha256": hashlib.sha256(table.numpy().astype("<i4").tobytes()).hexdigest()}
+        if case.num_pages <= TABLE_PAGES_RECORDED:
+            entry["pages"] = [row[:n] for row, n in zip(table.tolist(), case.pages_per_sequence)]
+        tables.append(entry)
+    return {"page_pool": case.num_pages, "block_tables": tables}
+
+
 def make_record(impl: Implementation, case: Case, status: str, reason: str, options: RunOptions, **extra) -> Record:
-    """The record of one pair, with the implementation's identity filled in."""
+    """The record of one pair, with the implementation's identity filled in (and a paged case's page tables)."""
+    paging = paging_metrics(case, options)
+    if paging:
+        extra["metrics"] = {**paging, **extra.get("metrics", {})}
     return Record(impl=impl.name, case=case.to_dict(), status=status, reason=reason, plugin=impl.plugin,
                   version=impl.version, exact=impl.exact, ranked=impl.ranked, hardware=options.device_name, **extra)

@@ -14,10 +14,13 @@ from attnbench.report.html import PAGE_NAME, write_report
 from attnbench.results import read_results, write_results
 from attnbench.results_schema import MAX_DEPTH, ResultsError, record_problem
 
+PAGED = case(64) | {"batch": 2, "seqlens_q": [64, 30], "seqlens_kv": [64, 30], "page_size": 16}
+
 
 def _good(tmp_path):
     return write_run(tmp_path / "good", [record("base", case(64), 1.0), record("x", case(64), 0.5),
-                                         record("y", case(64), status="unsupported"), task_record("eager", [0.9, 0.8])])
+                                         record("y", case(64), status="unsupported"), task_record("eager", [0.9, 0.8]),
+                                         record("base", PAGED, 1.0), record("x", PAGED, 0.7)])
 
 
 def _edit(change):
@@ -50,6 +53,10 @@ HOSTILE = {
     "case_a_list": (_edit(lambda d: d["records"][0].__setitem__("case", [])), "records[0].case: expected an object"),
     "case_field_a_list": (_edit(lambda d: d["records"][0]["case"].__setitem__("seq_q", [64])),
                           "records[0].case.seq_q: expected an integer >= 1"),
+    "case_lengths_not_the_batch": (_edit(lambda d: d["records"][4]["case"].__setitem__("seqlens_q", [64])),
+                                   "records[4].case.seqlens_q: expected one length per sequence (2, the batch)"),
+    "case_page_size_a_string": (_edit(lambda d: d["records"][5]["case"].__setitem__("page_size", "16")),
+                                'records[5].case.page_size: expected an integer >= 1 or null, got "16"'),
     "metric_a_string": (_metric("time_ms_median", "fast"), 'records[1].metrics.time_ms_median: expected a finite number >= 0'),
     "metric_1e308": (_metric("time_ms_median", 1e308), "records[1].metrics.time_ms_median: expected a finite number >= 0 "
                                                       "or null, got 1e+308"),

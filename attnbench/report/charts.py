@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from markupsafe import Markup, escape
 
 from attnbench.report.fastp import curve
-from attnbench.report.format import case_label, format_bytes, format_time, seq_text
+from attnbench.report.format import batch_keys, case_label, format_bytes, format_time, is_packed, seq_text
 from attnbench.report.rank import Standing
 from attnbench.report.runs import Entry
 from attnbench.report.speedup import noise
@@ -251,10 +251,16 @@ def _by_impl(entries: list[Entry]) -> dict[str, Series]:
     return series
 
 
+def _x_label(entries: list[Entry]) -> str:
+    """A family chart's x axis: each case's keys, or (a family of packed batches) each batch's keys in all."""
+    packed = any(is_packed(e.record.case) for e in entries)
+    return "keys in the batch (all sequences)" if packed else "sequence length (keys)"
+
+
 def _tip(e: Entry, value: str, whole_case: bool = False) -> str:
-    """A point's tooltip; charts of one family need only the sequence length to name the case."""
+    """A point's tooltip; charts of one family need only the sequence length (or the batch's shape) to name the case."""
     r, case = e.record, e.record.case
-    where = case_label(case) if whole_case else f"N {seq_text(case)}"
+    where = case_label(case) if whole_case else (seq_text(case) if is_packed(case) else f"N {seq_text(case)}")
     verdict = "" if r.status == "ok" else f" ✗ {r.status}: {r.reason}"
     return f"{r.impl} · {where}: {value}{verdict}"
 
@@ -270,8 +276,8 @@ def time_chart(entries: list[Entry], palette: Palette) -> Markup | None:
         if _measured(e, "time_ms_median"):
             m = e.record.metrics
             tip = _tip(e, f"{format_time(m['time_ms_median'])} ± {100 * noise(e.record):.0f}% noise")
-            series[e.record.impl].points.append(Point(e.record.case["seq_kv"], m["time_ms_median"], tip, e.record.status != "ok"))
-    return line_chart("Time per call", "sequence length (keys)", "median time", list(series.values()), palette, format_time)
+            series[e.record.impl].points.append(Point(batch_keys(e.record.case), m["time_ms_median"], tip, e.record.status != "ok"))
+    return line_chart("Time per call", _x_label(entries), "median time", list(series.values()), palette, format_time)
 
 
 def tflops_chart(entries: list[Entry], palette: Palette) -> Markup | None:
@@ -281,8 +287,8 @@ def tflops_chart(entries: list[Entry], palette: Palette) -> Markup | None:
         if _measured(e, "tflops"):
             value = e.record.metrics["tflops"]
             tip = _tip(e, f"{value:.3g} TFLOP/s")
-            series[e.record.impl].points.append(Point(e.record.case["seq_kv"], value, tip, e.record.status != "ok"))
-    return line_chart("Throughput", "sequence length (keys)", "TFLOP/s", list(series.values()), palette, lambda v: f"{v:g}")
+            series[e.record.impl].points.append(Point(batch_keys(e.record.case), value, tip, e.record.status != "ok"))
+    return line_chart("Throughput", _x_label(entries), "TFLOP/s", list(series.values()), palette, lambda v: f"{v:g}")
 
 
 def memory_chart(entries: list[Entry], palette: Palette) -> Markup | None:
@@ -292,10 +298,10 @@ def memory_chart(entries: list[Entry], palette: Palette) -> Markup | None:
         r = e.record
         if (r.metrics.get("peak_bytes") or 0) > 0:
             tip = _tip(e, format_bytes(r.metrics["peak_bytes"]))
-            series[r.impl].points.append(Point(r.case["seq_kv"], r.metrics["peak_bytes"], tip, r.status != "ok"))
+            series[r.impl].points.append(Point(batch_keys(r.case), r.metrics["peak_bytes"], tip, r.status != "ok"))
         elif r.status in ("oom", "skipped"):
-            series[r.impl].stops.append(Point(r.case["seq_kv"], 0, _tip(e, "no measurement")))
-    return line_chart("Peak memory (✕ out of memory or skipped)", "sequence length (keys)", "peak above inputs",
+            series[r.impl].stops.append(Point(batch_keys(r.case), 0, _tip(e, "no measurement")))
+    return line_chart("Peak memory (✕ out of memory or skipped)", _x_label(entries), "peak above inputs",
                       list(series.values()), palette, lambda v: format_bytes(v).replace(".0 ", " "), binary=True)
 
 

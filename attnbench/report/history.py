@@ -24,7 +24,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from attnbench.compare import BROKE, FASTER, FIXED, LOST, SLOWER, Change, judge, median_time, version_key
-from attnbench.report.format import case_label, format_time
+from attnbench.report.format import distinct_labels, format_time
 from attnbench.report.runs import Run, case_key
 from attnbench.report.speedup import noise
 from attnbench.results import MEASURED, Record
@@ -62,6 +62,8 @@ class History:
     """Per case, per implementation: (run index, record), in run order."""
     shifts: dict[tuple, list[Shift]] = field(default_factory=dict)
     """Per case: the listed changes between consecutive records of its implementations."""
+    labels: dict[tuple, str] = field(default_factory=dict)
+    """Per case: its label, told apart from any other case's that reads the same (``distinct_labels``)."""
 
     @property
     def title(self) -> str:
@@ -111,6 +113,7 @@ def histories(runs: list[Run]) -> list[History]:
             if shifts:
                 history.shifts[key] = shifts
         if history.cases:
+            history.labels = dict(zip(history.cases, distinct_labels(list(history.cases.values()))))
             found.append(history)
     return found
 
@@ -146,7 +149,7 @@ def history_chart(history: History, key: tuple, color: Callable[[str], str]) -> 
     def y_of(ms: float) -> float:
         return TOP + PLOT_H - scale * (math.log(ms) - math.log(lo))
 
-    title = f"{case_label(history.cases[key])}: time per call"
+    title = f"{history.labels[key]}: time per call"
     body = [f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{width}" height="{PLOT_H}" fill="#fff" stroke="#ccd"/>']
     for t in _ticks(lo, hi):
         y = _num(y_of(t))
@@ -227,7 +230,7 @@ def _shift_row(history: History, key: tuple, shift: Shift) -> ShiftRow:
         return timed if record.status == "ok" else f"{timed} {record.status}".strip()
 
     return ShiftRow(
-        case=case_label(history.cases[key]), impl=c.impl,
+        case=history.labels[key], impl=c.impl,
         runs=" → ".join(f"#{i + 1} torch {history.runs[i].torch}" for i in (shift.before, shift.after)),
         times=" → ".join(state(r) for r in (c.base, c.new)),
         change="" if c.ratio is None else f"{100 * (c.ratio - 1):+.1f}%",
@@ -243,9 +246,9 @@ def history_views(runs: list[Run], color: Callable[[str], str]) -> list[HistoryV
         order = {SLOWER: 0, BROKE: 1, LOST: 2, FASTER: 3, FIXED: 4}
         shifts = sorted(((key, s) for key, members in history.shifts.items() for s in members),
                         key=lambda ks: (order[ks[1].change.verdict], -abs(math.log(ks[1].change.ratio or 1.0))))
-        charts = [(case_label(case), history_chart(history, key, color),
+        charts = [(history.labels[key], history_chart(history, key, color),
                    sum(s.change.verdict in MARK_COLOR for s in history.shifts.get(key, [])))
-                  for key, case in history.cases.items()]
+                  for key in history.cases]
         views.append(HistoryView(
             anchor=f"history-{index}", history=history,
             runs=[(i, run, attnbench_version(run)) for i, run in enumerate(history.runs, 1)],

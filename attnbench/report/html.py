@@ -29,11 +29,13 @@ import attnbench
 from attnbench.report import charts
 from attnbench.report.board import INTERVAL_HEADING, Line, line, off_device_text
 from attnbench.report.format import (
-    case_label,
+    batch_keys,
+    distinct_labels,
     error_text,
     family_label,
     format_bytes,
     format_time,
+    is_packed,
     pair_notes,
     seq_text,
 )
@@ -42,12 +44,12 @@ from attnbench.report.pagedata import INLINE_CHART_BYTES, PAGE_ROWS, LazyCharts,
 from attnbench.report.quality import quality_views, task_boards, without_tasks
 from attnbench.report.rank import CONFIDENCE, REPLICATES, Leaderboard, leaderboard
 from attnbench.report.roofline_chart import ceilings_of, roofline_chart
-from attnbench.report.runs import Entry, Run, family_key, group_runs, load_runs
+from attnbench.report.runs import Entry, Run, case_key, family_key, group_runs, load_runs
 from attnbench.report.speedup import noise, speedup
 from attnbench.results import MEASURED, write_text_atomic
 
 PAGE_NAME = "index.html"
-FILTERS = (("hardware", 0, "hardware"), ("seq", 2, "sequence length"), ("dtype", 3, "dtype"), ("mask", 4, "mask"),
+FILTERS = (("hardware", 0, "hardware"), ("seq", 2, "sequence length or batch shape"), ("dtype", 3, "dtype"), ("mask", 4, "mask"),
            ("pass_", 5, "pass"), ("impl", 6, "implementation"), ("status_text", 7, "status"))
 """The case table's filters: CaseRow field, column of the table, label."""
 SHOWN = (*MEASURED, "implausible")
@@ -120,7 +122,9 @@ def render(runs: list[Run]) -> str:
     anchors |= {id(k): anchors[id(run)] for run, k in zip(runs, kernel)}
     lazy = LazyCharts()
     boards = [_board_view(i, leaderboard(g), palette, anchors, lazy) for i, g in enumerate(groups, 1)]
-    rows = [_case_row(e) for g in groups for e in g.entries]
+    cases = {case_key(e.record.case): e.record.case for g in groups for e in g.entries}
+    labels = dict(zip(cases, distinct_labels(list(cases.values()))))
+    rows = [_case_row(e, labels[case_key(e.record.case)]) for g in groups for e in g.entries]
     template = _environment().get_template("report.html")
     return template.render(
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -244,12 +248,13 @@ def _packed(row: CaseRow) -> list[str | float | None]:
     return [*fields, row.reason]
 
 
-def _case_row(e: Entry) -> CaseRow:
+def _case_row(e: Entry, label: str) -> CaseRow:
+    """``label``: the case's, told apart from any other case's that reads the same (``distinct_labels``)."""
     r, case = e.record, e.record.case
     return CaseRow(
         hardware=e.hardware,
-        label=case_label(case),
-        seq_sort=f"{case['seq_kv'] * 1e6 + case['seq_q']:.9g}",  # by keys, then queries
+        label=label,
+        seq_sort=f"{_seq_sort(case):.9g}",
         seq=seq_text(case),
         dtype=str(case["dtype"]),
         mask=str(case["mask"]),
@@ -268,10 +273,24 @@ def _case_row(e: Entry) -> CaseRow:
     )
 
 
+def _seq_sort(case: dict[str, Any]) -> float:
+    """By keys, then queries: a packed batch's over all its sequences (the x of its family's charts)."""
+    queries = sum(case["seqlens_q"]) if is_packed(case) else case["seq_q"]
+    return batch_keys(case) * 1e6 + queries
+
+
+def _seq_order(text: str) -> tuple:
+    """Dense lengths by keys then queries, numerically; packed batch shapes after them, by their text."""
+    parts = text.split("×")
+    if all(p.isdigit() for p in parts):
+        return (0, *(int(n) for n in reversed(parts)))
+    return (1, text)
+
+
 def _choices(rows: list[CaseRow], key: str) -> list[str]:
     values = {getattr(row, key) for row in rows}
     if key == "seq":
-        return sorted(values, key=lambda v: tuple(int(n) for n in reversed(v.split("×"))))
+        return sorted(values, key=_seq_order)
     return sorted(values)
 
 

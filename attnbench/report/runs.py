@@ -168,8 +168,9 @@ def load_tree(paths: list[str | os.PathLike]) -> list[Run]:
 
 
 def case_key(case: dict[str, Any]) -> tuple:
-    """Identity of a case; case fields are JSON scalars, so their sorted items are hashable (and cheaper than JSON)."""
-    return tuple(sorted(case.items()))
+    """Identity of a case: its sorted items, hashable (and cheaper than JSON). Case fields are JSON scalars but for
+    a packed batch's lengths, lists that become tuples here, so cases that differ only in their lengths stay apart."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in case.items()))
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -199,8 +200,19 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return groups
 
 
+LENGTH_FIELDS = ("seq_q", "seq_kv", "seqlens_q", "seqlens_kv")
+
+
 def family_key(case: dict[str, Any]) -> tuple:
-    """Cases that differ only in sequence length share a family (seq_q moves with seq_kv, or stays fixed)."""
-    rest = {k: v for k, v in case.items() if k not in ("seq_q", "seq_kv")}
-    rest["seq_q"] = "=" if case["seq_q"] == case["seq_kv"] else case["seq_q"]
+    """Cases that differ only in sequence length share a family (seq_q moves with seq_kv, or stays fixed).
+
+    Packed batches of one kind (ragged, or paged with one page size) and batch size that differ only in their
+    lengths share one too, apart from dense cases; those whose sequences all have as many queries as keys apart
+    from those with some that have not (a decode mix).
+    """
+    rest = {k: v for k, v in case.items() if k not in LENGTH_FIELDS}
+    if case.get("seqlens_q") is not None:
+        rest["packed"] = "=" if list(case["seqlens_q"]) == list(case["seqlens_kv"]) else "cross"
+    else:
+        rest["seq_q"] = "=" if case["seq_q"] == case["seq_kv"] else case["seq_q"]
     return case_key(rest)

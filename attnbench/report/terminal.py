@@ -8,8 +8,19 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.report.format import error_text, format_bytes, format_time, pair_notes
+from attnbench.report.format import (
+    batch_shape,
+    distinct_labels,
+    error_text,
+    format_bytes,
+    format_time,
+    is_packed,
+    lengths_text,
+    pair_notes,
+    seq_text,
+)
 from attnbench.report.quality import is_task, print_task_records
+from attnbench.report.runs import case_key
 from attnbench.report.speedup import speedup
 from attnbench.results import Record
 from attnbench.textsafe import markup, plain
@@ -70,12 +81,41 @@ def ruled_out_by_device(records: list[Record]) -> list[str]:
 
 SUMMARY_AXES = ("seq_q", "seq_kv", "batch", "head_dim", "heads_q", "heads_kv", "dtype", "mask", "pass", "window")
 """Candidate main axes of a suite, in order of preference when several vary as much."""
+SHAPE_AXIS = "shape"
+"""The axis that replaces seq_q, seq_kv and batch when a suite has packed batches: the batch's shape
+(``Case.batch_shape``; a dense case's ``B2 N512``), since two packed batches of one longest sequence differ."""
+SIZE_AXES = ("seq_q", "seq_kv", "batch")
+
+
+def _axes(cases: list[dict]) -> tuple[str, ...]:
+    if not any(is_packed(c) for c in cases if "task" not in c):
+        return SUMMARY_AXES
+    return (SHAPE_AXIS, *(a for a in SUMMARY_AXES if a not in SIZE_AXES))
+
+
+def _shapes(cases: list[dict]) -> dict[tuple, str]:
+    """Each case's shape on the summary's axis, told apart where two packed batches read the same."""
+    unique = {_key(c): c for c in cases}
+    dense = {k: f"B{c['batch']} N{seq_text(c, 'x')}" for k, c in unique.items() if not is_packed(c)}
+    packed = [k for k, c in unique.items() if is_packed(c)]
+    shapes = [batch_shape(unique[k]) for k in packed]
+    repeated = {s for s in shapes if shapes.count(s) > 1}
+    return dense | {k: f"{s} [{lengths_text(unique[k])}]" if s in repeated else s for k, s in zip(packed, shapes)}
+
+
+def axis_values(cases: list[dict], axis: str) -> list:
+    """Each case's value on ``axis``: a field, or its batch shape on SHAPE_AXIS."""
+    if axis != SHAPE_AXIS:
+        return [c.get(axis) for c in cases]
+    shapes = _shapes(cases)
+    return [shapes[_key(c)] for c in cases]
 
 
 def main_axis(cases: list[dict]) -> str | None:
     """The case field with the most distinct values: the suite's main axis (None when nothing varies)."""
-    counts = {axis: len({str(c.get(axis)) for c in cases}) for axis in SUMMARY_AXES}
-    axis = max(SUMMARY_AXES, key=lambda a: counts[a])
+    axes = _axes(cases)
+    counts = {axis: len({str(v) for v in axis_values(cases, axis)}) for axis in axes}
+    axis = max(axes, key=lambda a: counts[a])
     return axis if counts[axis] > 1 else None
 
 
@@ -86,18 +126,19 @@ def summary_table(records: list[Record], baseline_name: str | None) -> Table | N
         return None
     axis = main_axis([r.case for r in records]) or "seq_q"
     baselines = {_key(r.case): r for r in records if r.impl == baseline_name}
-    columns = sorted({r.case.get(axis) for r in records}, key=lambda v: (isinstance(v, str), v))
+    values = axis_values([r.case for r in records], axis)
+    columns = sorted(set(values), key=lambda v: (isinstance(v, str), v))
     cells: dict[str, dict[object, list]] = {}
-    for r in records:
+    for r, value in zip(records, values):
         if r.impl == baseline_name or not r.ranked:
             continue
         row = cells.setdefault(r.impl, {})
         if r.status in ("incorrect", "implausible"):
-            row.setdefault(r.case.get(axis), []).append(None)
+            row.setdefault(value, []).append(None)
         elif r.status == "ok":
             sp = speedup(r, baselines.get(_key(r.case)))
             if sp is not None:
-                row.setdefault(r.case.get(axis), []).append(sp)
+                row.setdefault(value, []).append(sp)
     cells = {impl: row for impl, row in cells.items() if row}
     if not cells:
         return None
@@ -112,7 +153,7 @@ def summary_table(records: list[Record], baseline_name: str | None) -> Table | N
 
 
 def _key(case: dict) -> tuple:
-    return tuple(sorted(case.items(), key=lambda kv: kv[0]))
+    return case_key(case)
 
 
 def _summary_cell(speedups: list) -> str:
@@ -127,17 +168,16 @@ def _summary_cell(speedups: list) -> str:
 def print_run(console: Console, records: Iterable[Record], baseline_name: str | None) -> None:
     """Print a table per case (in the order cases first appear) without the implementations the device rules out
     (named once), the noise note, the summary table, and the quality tasks' tables."""
-    # Case imports torch, which the report modules load without (the report commands must start fast).
-    from attnbench.case import Case
-
     records = list(records)
     kernel = [r for r in records if not is_task(r)]
     absent = set(ruled_out_by_device(kernel))
-    groups: dict[str, list[Record]] = {}
+    # By the whole case, not its label: packed batches of different lengths can read the same.
+    groups: dict[tuple, list[Record]] = {}
     for r in kernel:
         if r.impl not in absent:
-            groups.setdefault(Case.from_dict(r.case).label(), []).append(r)
-    for label, recs in groups.items():
+            groups.setdefault(_key(r.case), []).append(r)
+    labels = distinct_labels([recs[0].case for recs in groups.values()])
+    for label, recs in zip(labels, groups.values()):
         console.print(case_table(label, recs, baseline_name))
     if absent:
         device = kernel[0].case.get("device", "this device")
