@@ -1,12 +1,16 @@
 """attnbench's pytest plugin (``pytest11`` entry point): the conformance kit for plugin authors.
 
     pytest --attnbench-impl mylib.fast [--attnbench-suite suites/x.yaml] [--attnbench-device cuda]
+           [--attnbench-cases packed]
 
 runs, for each named implementation, every conformance case (or the suite's
 cases) as a parametrized test: whatever the implementation declares must build
 and pass attnbench's correctness rule against float64, with inputs untouched;
 a case it cannot run must raise ``Unsupported`` with a reason (the test is then
-skipped with that reason). With pytest-benchmark active, the same cases are
+skipped with that reason). The grid includes ragged and paged batches, checked
+on implementations that declare ``ragged`` or ``paged`` (called with the
+varlen or kvcache keywords, paged ones through the harness's shuffled block
+table); ``--attnbench-cases dense|packed`` keeps one kind. With pytest-benchmark active, the same cases are
 also timed by its ``benchmark`` fixture, the case fields in ``extra_info``.
 
 Fixtures for authors' own tests: ``attnbench_registry``, ``attnbench_impl``,
@@ -32,6 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attnbench-suite", metavar="SUITE", help="use this suite's cases instead of the conformance grid")
     group.addoption("--attnbench-device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="device for the conformance cases (default: cuda when available)")
+    group.addoption("--attnbench-cases", default="all", choices=("all", "dense", "packed"),
+                    help="check every case (default), only dense ones, or only ragged and paged ones")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,7 +62,9 @@ def _cases(config: pytest.Config) -> list:
 
     device = _device(config)
     suite = config.getoption("attnbench_suite")
-    return load_suite(suite).cases(device) if suite else conformance_cases(device)
+    cases = load_suite(suite).cases(device) if suite else conformance_cases(device)
+    kind = config.getoption("attnbench_cases")
+    return cases if kind == "all" else [case for case in cases if case.packed == (kind == "packed")]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -13,7 +13,7 @@ import torch
 from test_fresh_install import COPY_IGNORE, REPO, run
 
 from attnbench.case import Case
-from attnbench.conformance import GPU_SHAPES, forward_backward_problem
+from attnbench.conformance import GPU_SHAPES, PACKED_GPU_SHAPES, forward_backward_problem, packed_problem
 from attnbench.impls import eager
 
 ADAPTER = REPO / "plugins" / "attnbench-local-attention"
@@ -92,3 +92,32 @@ def test_pip_installed_local_attention_adapter_runs_a_suite(tmp_path):
         assert record["status"] == "ok", (record["case"], record["status"], record["reason"])
         assert record["metrics"]["rel_err"] < 1e-2 and record["metrics"]["time_ms_median"] > 0
     assert "dq_rel_err" in records[-1]["metrics"], "the fwd+bwd case checked the gradients"
+
+
+RAGGED = Case(3, 4, 2, 40, 48, 32, mask="causal", pass_="fwd+bwd", seqlens_q=(16, 1, 40), seqlens_kv=(48, 33, 40))
+PAGED = Case(3, 4, 2, 20, 100, 32, mask="causal", seqlens_q=(20, 1, 3), seqlens_kv=(20, 45, 100), page_size=16)
+
+
+def test_packed_check_passes_correct_ragged_and_paged_attention():
+    assert packed_problem(eager.build(RAGGED), RAGGED) is None
+    assert packed_problem(eager.build(PAGED), PAGED) is None
+    with pytest.raises(ValueError, match="packed"):
+        packed_problem(eager.build(CASE), CASE)
+
+
+def test_packed_check_names_the_failing_tensor_and_reads_the_keywords():
+    fn = eager.build(RAGGED)
+    assert packed_problem(lambda q, k, v, **kw: fn(q * 1.25, k, v, **kw), RAGGED).startswith("out: rel-L2 error")
+    assert packed_problem(lambda q, k, v, **kw: fn(q.detach(), k, v, **kw) + 0 * q, RAGGED).startswith("dq: ")
+    paged = eager.build(PAGED)
+
+    def sorted_table(q, k, v, *, block_table, **kw):
+        return paged(q, k, v, block_table=block_table.sort(dim=1).values, **kw)
+
+    assert packed_problem(sorted_table, PAGED).startswith("out: rel-L2 error"), "the shuffled table is the one judged"
+
+
+def test_packed_gpu_shapes_are_cases():
+    for shape in PACKED_GPU_SHAPES.values():
+        case = Case(**shape, device="cuda", dtype=torch.float16, pass_="fwd" if "page_size" in shape else "fwd+bwd")
+        assert case.packed and case.heads_q % case.heads_kv == 0

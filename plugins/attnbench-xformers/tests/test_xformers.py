@@ -1,6 +1,7 @@
 """xformers against attnbench's float64 reference on a CUDA GPU; skipped without xformers or CUDA.
 
-The rule is attnbench's, for the output and dQ, dK, dV.
+The rule is attnbench's, for the output and dQ, dK, dV, on dense and ragged batches.
+The probe's short cases are checked on the CPU.
 """
 
 import importlib.util
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from attnbench import Case, Unsupported
-from attnbench.conformance import GPU_SHAPES, forward_backward_problem
+from attnbench.conformance import GPU_SHAPES, PACKED_GPU_SHAPES, forward_backward_problem, packed_problem
 from attnbench.plugins import load_registry
+
+RAGGED_SHAPES = [name for name, shape in PACKED_GPU_SHAPES.items() if "page_size" not in shape]
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +24,17 @@ def impl():
     return registry.get("xformers")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("shape", GPU_SHAPES)
-def test_passes_attnbench_rule_forward_and_backward(impl, shape, dtype):
+def runnable():
     if importlib.util.find_spec("xformers") is None:
         pytest.skip("xformers is not installed")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+def test_passes_attnbench_rule_forward_and_backward(impl, shape, dtype):
+    runnable()
     case = Case(**GPU_SHAPES[shape], dtype=dtype, device="cuda", pass_="fwd+bwd")
     assert impl.declines(case) is None
     try:
@@ -47,3 +54,35 @@ def test_missing_library_is_unsupported_with_the_reason(impl, monkeypatch):
 def test_declares_cuda_and_no_block_sparse(impl):
     assert "device cpu" in impl.declines(Case(1, 2, 2, 16, 16, 64))
     assert "mask block_sparse" in impl.declines(Case(1, 2, 2, 16, 16, 64, device="cuda", mask="block_sparse", block=8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("shape", RAGGED_SHAPES)
+def test_ragged_batches_pass_attnbench_rule_forward_and_backward(impl, shape, dtype):
+    runnable()
+    case = Case(**PACKED_GPU_SHAPES[shape], dtype=dtype, device="cuda", pass_="fwd+bwd")
+    assert impl.declines(case) is None
+    try:
+        fn = impl.build(case)
+    except Unsupported as exc:
+        pytest.skip(exc.reason)
+    assert packed_problem(fn, case) is None
+
+
+def test_declares_ragged_but_not_paged(impl):
+    ragged = Case(2, 4, 4, 40, 40, 64, device="cuda", seqlens_q=(40, 3), seqlens_kv=(40, 3))
+    assert impl.declines(ragged) is None
+    assert "paged" in impl.declines(Case(2, 4, 4, 1, 40, 64, device="cuda", seqlens_q=(1, 1), seqlens_kv=(40, 3),
+                                         page_size=16))
+
+
+def test_the_probe_cuts_each_sequence_as_the_dense_probe_cuts_a_batch():
+    from attnbench_xformers import PROBE_SEQ, probe_case
+
+    dense = probe_case(Case(4, 8, 2, 300, 1000, 64, device="cuda", mask="causal"))
+    assert (dense.batch, dense.seq_q, dense.seq_kv) == (1, PROBE_SEQ, 2 * PROBE_SEQ)
+    ragged = probe_case(Case(3, 8, 2, 300, 1000, 64, device="cuda", mask="causal", pass_="fwd+bwd",
+                             seqlens_q=(1, 300, 20), seqlens_kv=(1000, 300, 30)))
+    assert ragged.seqlens_q == (1, PROBE_SEQ, 20) and ragged.seqlens_kv == (1 + PROBE_SEQ, PROBE_SEQ, 30)
+    assert (ragged.seq_q, ragged.seq_kv, ragged.mask, ragged.heads_kv, ragged.pass_) == (
+        PROBE_SEQ, 1 + PROBE_SEQ, "causal", 2, "fwd+bwd")

@@ -10,13 +10,31 @@ query heads of each, and k and v are expanded along H without a copy.
 xformers picks its kernel (cutlass, FlashAttention, ...) per call; ``build``
 runs a short probe of the case and reports xformers' own reasons as
 ``Unsupported`` when no kernel takes it.
+
+Ragged batches (``ragged=True``) are one call on the packed tensors viewed as a
+batch of one, ``(1, total, heads, head_dim)``, under a block-diagonal bias over
+the sequences: ``BlockDiagonalMask.from_seqlens(seqlens_q, seqlens_kv)``, made
+causal per sequence from the bottom right (``make_causal_from_bottomright``, i.e.
+``BlockDiagonalCausalFromBottomRightMask``) or local
+(``make_local_attention_from_bottomright(W)``). The bias is built from the case's
+lengths at build time, so the call's ``cu_seqlens`` keywords are not read again.
+GQA as for dense batches. Paged caches are not declared: xformers has paged
+biases (``PagedBlockDiagonal*PaddedKeysMask``, k and v as a ``(1, pages x page_size,
+...)`` pool), but which of its kernels take them, at which page sizes, is not
+verified here without a GPU.
+
+Unverified here: the ragged path is written from xformers' ``attn_bias.py`` and has
+not run on a GPU with xformers installed; its CUDA test does.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from attnbench import Case, Implementation, Unsupported, hookimpl
+from attnbench.measure.correctness import make_inputs
 
 PROBE_SEQ = 64
 
@@ -40,35 +58,72 @@ def attention_bias(case: Case):
     return None
 
 
+def packed_bias(case: Case):
+    """The block-diagonal xformers bias of a ragged case: its sequences, each under the case's mask."""
+    from xformers.ops.fmha import attn_bias
+
+    diagonal = attn_bias.BlockDiagonalMask.from_seqlens(list(case.seqlens_q), list(case.seqlens_kv))
+    try:
+        if case.mask == "causal":
+            return diagonal.make_causal_from_bottomright()
+        if case.mask == "sliding_window":
+            return diagonal.make_local_attention_from_bottomright(case.window)
+    except AttributeError as exc:  # releases before the bottom-right block-diagonal biases
+        raise Unsupported(f"this xformers has no bottom-right block-diagonal bias for mask {case.mask}: {exc}") from None
+    return diagonal
+
+
+def _attend(xops, q, k, v, bias, scale: float, group: int):
+    """memory_efficient_attention on bshd tensors, GQA through BMGHK."""
+    if group == 1:
+        return xops.memory_efficient_attention(q, k, v, attn_bias=bias, scale=scale)
+    batch, seq_q, heads_q, dim = q.shape
+    seq_kv, heads_kv = k.shape[1], k.shape[2]
+    # BMGHK: query head h = g * group + i uses key/value head g, as attnbench pairs them.
+    q5 = q.view(batch, seq_q, heads_kv, group, dim)
+    k5, v5 = (t.view(batch, seq_kv, heads_kv, 1, dim).expand(-1, -1, -1, group, -1) for t in (k, v))
+    out = xops.memory_efficient_attention(q5, k5, v5, attn_bias=bias, scale=scale)
+    return out.reshape(batch, seq_q, heads_q, dim)
+
+
 def _call(xops, case: Case):
-    bias, scale, group = attention_bias(case), case.softmax_scale, case.group_size
+    scale, group = case.softmax_scale, case.group_size
+    if not case.packed:
+        bias = attention_bias(case)
+        return lambda q, k, v: _attend(xops, q, k, v, bias, scale, group)
+    bias = packed_bias(case)
 
-    def xformers_attention(q, k, v):
-        if group == 1:
-            return xops.memory_efficient_attention(q, k, v, attn_bias=bias, scale=scale)
-        batch, seq_q, heads_q, dim = q.shape
-        seq_kv, heads_kv = k.shape[1], k.shape[2]
-        # BMGHK: query head h = g * group + i uses key/value head g, as attnbench pairs them.
-        q5 = q.view(batch, seq_q, heads_kv, group, dim)
-        k5, v5 = (t.view(batch, seq_kv, heads_kv, 1, dim).expand(-1, -1, -1, group, -1) for t in (k, v))
-        out = xops.memory_efficient_attention(q5, k5, v5, attn_bias=bias, scale=scale)
-        return out.reshape(batch, seq_q, heads_q, dim)
+    def xformers_varlen(q, k, v, **_keywords):
+        # The sequences are in the bias; the packed rows are a batch of one.
+        return _attend(xops, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), bias, scale, group).squeeze(0)
 
-    return xformers_attention
+    return xformers_varlen
 
 
-def _probe(fn, case: Case) -> None:
-    """Run the case at short lengths (keeping seq_q <= seq_kv as it is) so an unsupported one fails in build."""
-    seq_q = min(case.seq_q, PROBE_SEQ)
-    seq_kv = seq_q + min(case.seq_kv - case.seq_q, PROBE_SEQ) if case.seq_kv >= case.seq_q else min(case.seq_kv, PROBE_SEQ)
-    gen = torch.Generator(device=case.device).manual_seed(0)
-    q = torch.randn(1, seq_q, case.heads_q, case.head_dim, device=case.device, dtype=case.dtype, generator=gen)
-    k, v = (torch.randn(1, seq_kv, case.heads_kv, case.head_dim, device=case.device, dtype=case.dtype, generator=gen)
-            for _ in range(2))
+def probe_case(case: Case) -> Case:
+    """The case at short lengths, each sequence's queries and keys cut as the dense probe cuts them."""
+
+    def cut(seq_q: int, seq_kv: int) -> tuple[int, int]:
+        short_q = min(seq_q, PROBE_SEQ)
+        return short_q, short_q + min(seq_kv - seq_q, PROBE_SEQ) if seq_kv >= seq_q else min(seq_kv, PROBE_SEQ)
+
+    if not case.packed:
+        seq_q, seq_kv = cut(case.seq_q, case.seq_kv)
+        return replace(case, batch=1, seq_q=seq_q, seq_kv=seq_kv)
+    lengths = [cut(lq, lkv) for lq, lkv in zip(case.seqlens_q, case.seqlens_kv)]
+    seqlens_q, seqlens_kv = tuple(n for n, _ in lengths), tuple(n for _, n in lengths)
+    return replace(case, seq_q=max(seqlens_q), seq_kv=max(seqlens_kv), seqlens_q=seqlens_q, seqlens_kv=seqlens_kv)
+
+
+def _probe(xops, case: Case) -> None:
+    """Run the case at short lengths (``probe_case``) so that an unsupported one fails in build."""
+    small = probe_case(case)
+    inputs = make_inputs(small, 0)
+    q, k, v = (t if small.packed else t.transpose(1, 2).contiguous() for t in (inputs.q, inputs.k, inputs.v))
     for t in (q, k, v):
         t.requires_grad_(case.needs_backward)
     try:
-        out = fn(q, k, v)
+        out = _call(xops, small)(q, k, v, **inputs.keywords)
         if case.needs_backward:
             out.sum().backward()
     except NotImplementedError as exc:
@@ -81,7 +136,7 @@ def build(case: Case):
     if case.device != "cuda" or not torch.cuda.is_available():
         raise Unsupported("xformers' memory_efficient_attention kernels run on CUDA only")
     fn = _call(xops, case)
-    _probe(fn, case)
+    _probe(xops, case)
     return fn
 
 
@@ -92,11 +147,12 @@ def attnbench_implementations() -> list[Implementation]:
             name="xformers",
             build=build,
             description="xformers.ops.memory_efficient_attention, bottom-right causal and local-attention biases, "
-            "GQA through BMGHK.",
+            "GQA through BMGHK; ragged batches under block-diagonal biases.",
             devices=frozenset({"cuda"}),
             masks=frozenset({"none", "causal", "sliding_window"}),
             gqa=True,
             backward=True,
+            ragged=True,
             layout="bshd",
         )
     ]
