@@ -54,6 +54,75 @@ matching cases, and `--timeout`, `--memory-budget`, `--processes`, `--warm-l2` a
 `--cuda-graph` override the settings below. The baseline is measured even when the
 selection leaves it out (unless `--exclude` names it), since every speedup needs it.
 
+## Ragged and paged batches
+
+A case is a *packed* (ragged) batch when it has one length per sequence: q is
+`(total_q, heads_q, head_dim)` and k, v `(total_kv, heads_kv, head_dim)`, sequence after
+sequence with no padding, and masks apply within each sequence, bottom-right aligned per
+sequence (a decode row sees its whole cache). FLOPs count each sequence's own pairs. The
+call conventions are FlashAttention's varlen and kvcache ones (see [Plugins](plugins.md));
+an implementation that does not declare `ragged` (or `paged`) is skipped with the reason.
+Five axes give the lengths, one of them per mapping (`seqlens_q` beside `seqlens_kv`):
+
+| axis | example | the batch |
+| --- | --- | --- |
+| `seqlens` | `seqlens: [512, 37, 4096]` | self-attention over three documents: seqlens_q = seqlens_kv |
+| `seqlens_q` | `seqlens_q: [1, 4, 16]` with `seq_kv: 4096` | queries of these lengths, each over 4096 keys (the keys' side is seqlens_kv, or seq_kv repeated) |
+| `seqlens_kv` | `seqlens_kv: [512, 4096]` with `seq_q: 1` | one decode step over caches of these lengths (the queries' side is seqlens_q, or seq_q repeated) |
+| `lengths` | `lengths: {dist: lognormal, mean: 1024, max: 8192}` with `batch: 16` | 16 documents of drawn lengths |
+| `batch_spec` | `batch_spec: 2q2k_32q1s1k` | vLLM's grammar: 2 prefills of 2048 tokens and 32 decodes over 1024-token caches |
+
+The batch is the number of lengths, and `seq_q` and `seq_kv` are the longest: a `batch` that
+disagrees is an error naming both keys, as are `tokens`, or a `seq` in a more specific
+mapping, beside lengths. The most specific mapping that gives lengths gives all of them: a
+device section's `seqlens_kv` replaces the suite's `batch_spec` entirely. In `matrix`, a list
+of lengths lists (`seqlens: [[8, 16], [4, 4, 32]]`), of `lengths` mappings or of batch specs
+is one case each.
+
+`page_size: 16` pages the KV cache of any case: k and v become pools of 16-token pages
+`(num_pages, 16, heads_kv, head_dim)`, exactly the pages the sequences fill, read through a
+block table whose page order the harness shuffles (from each trial's seed), so a kernel that
+ignores the table reads the wrong keys. A dense case with a page size is a packed one of
+equal lengths. A paged cache is read by serving's forward pass only: `pass` must be `fwd`.
+
+### The batch-spec grammar
+
+`batch_spec` is the grammar of vLLM's attention benchmarks
+(`benchmarks/attention_benchmarks`): groups joined by `_`, each
+`[<count>]q<q_len>[s<kv_len>]`. `count` (default 1) sequences of `q_len` new tokens attend
+to a cache of `kv_len` tokens that includes them (default `q_len`: a prefill), so `kv_len`
+must be at least `q_len`; `k` after a length multiplies it by 1024. The batch is the groups'
+sequences in order. Lower case only, and `s` (vLLM's older `kv` is not read).
+
+| spec | sequences (q_len, kv_len) | what it is |
+| --- | --- | --- |
+| `q2k` | 1 x (2048, 2048) | a prefill of a 2048-token prompt |
+| `32q1s1k` | 32 x (1, 1024) | pure decode: one new token each over 1024-token caches |
+| `16q4s1k` | 16 x (4, 1024) | speculative decoding: 4 draft tokens each, checked over the cache |
+| `1q256s1k_15q1s1k` | (256, 1024), 15 x (1, 1024) | chunked prefill: the last 256-token chunk of a 1024-token prompt beside 15 decodes |
+| `2q2k_32q1s1k` | 2 x (2048, 2048), 32 x (1, 1024) | a mixed batch: 2 prefills beside 32 decodes |
+
+### Drawn lengths
+
+`lengths` draws `batch` lengths (see [lengths](#lengths) for its keys): `fixed` gives
+`mean` to every sequence, `uniform` integers in `[min, max]`, `lognormal` documents as
+corpora have them, many short and a few long: `exp(N(mu, sigma^2))` with
+`mu = ln(mean) - sigma^2 / 2`, so that `mean` is the distribution's mean, rounded and
+clipped to `[min, max]`. The draw is Python's `random.Random`, seeded from the mapping's
+own values (dist, mean, min, max, sigma and seed), never from the machine or `--seed`:
+the lengths are part of the case, so one mapping is one batch on every machine and in
+every run, and batch n's lengths are the first n of batch n + 1's. Change `seed` for
+another batch from the same distribution.
+
+### Labels
+
+A packed case's label shows its batch shape in place of `B` and `N`: documents of distinct
+lengths read `ragged 37..4096, 8.2k tok` (shortest, longest, total tokens); any other
+batch reads as the batch spec that builds it, `2q2k_32q1s1k`; a paged cache adds its page
+size: `2q2k_32q1s1k p16 H32/8 D128 bfloat16 causal fwd`. `suites/ragged.yaml` (packed
+training documents, fwd and fwd+bwd) and `suites/serving.yaml` (batch specs over paged
+caches) ship such cases; `attnbench run SUITE --model NAME` puts them on a model's heads.
+
 ## Quality tasks
 
 A `tasks` mapping trains a small transformer with each implementation as its attention on

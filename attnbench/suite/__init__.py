@@ -9,12 +9,14 @@ Cases come from the product of the ``matrix`` axes over ``defaults``, plus
 ``include_cases``. A ``cpu:`` or ``cuda:`` section overrides the suite for that
 device, so one file serves a laptop and an H100. Both sections are expanded at
 load time, so a mistake in the cuda section shows up on a CPU-only machine.
-``tasks`` declares quality tasks (``attnbench.quality``), besides or instead of cases.
+``seqlens``, ``lengths`` or ``batch_spec`` make a case a packed (ragged) batch and
+``page_size`` pages its KV cache. ``tasks`` declares quality tasks (``attnbench.quality``),
+besides or instead of cases.
 
 The modules, each using only those before it: ``reading`` (YAML with lines,
 ``SuiteError``), ``settings`` (what a run uses), ``schema`` (every key),
-``checking`` (values against keys), ``axes``, ``parts`` (top level and device
-sections, layered into settings), ``expand`` (cases), ``tasks``, ``load``.
+``checking`` (values against keys), ``lengths`` (packed batches' lengths), ``axes``,
+``parts`` (top level and device sections, layered into settings), ``expand`` (cases), ``tasks``, ``load``.
 """
 
 from attnbench.suite.expand import MAX_CASES
@@ -25,6 +27,7 @@ from attnbench.suite.schema import (
     CORRECTNESS_KEYS,
     HARDWARE_KEYS,
     IMPLEMENTATION_KEYS,
+    LENGTHS_KEYS,
     SCHEMA,
     SECTION_KEYS,
     TASK_KEYS,
@@ -36,7 +39,7 @@ from attnbench.suite.schema import (
 from attnbench.suite.settings import DEFAULT_FLOORS, Correctness, Hardware, MemoryBudget, Settings, Timing
 
 __all__ = [
-    "AXES", "CORRECTNESS_KEYS", "DEFAULT_FLOORS", "HARDWARE_KEYS", "IMPLEMENTATION_KEYS", "MAX_CASES", "SCHEMA",
-    "SECTION_KEYS", "TASK_KEYS", "TIMING_KEYS", "TOP_KEYS", "Correctness", "Hardware", "Key", "MemoryBudget",
+    "AXES", "CORRECTNESS_KEYS", "DEFAULT_FLOORS", "HARDWARE_KEYS", "IMPLEMENTATION_KEYS", "LENGTHS_KEYS", "MAX_CASES",
+    "SCHEMA", "SECTION_KEYS", "TASK_KEYS", "TIMING_KEYS", "TOP_KEYS", "Correctness", "Hardware", "Key", "MemoryBudget",
     "Settings", "Suite", "SuiteError", "Timing", "load_suite", "schema_markdown",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 
 from attnbench.models import lookup
 from attnbench.suite.checking import Checker
+from attnbench.suite.lengths import LENGTH_AXES, length_items
 from attnbench.suite.reading import Map, Seq
 from attnbench.suite.schema import AXES
 
@@ -19,6 +20,10 @@ from attnbench.suite.schema import AXES
 _SETS: dict[str, tuple[str, ...]] = {
     "tokens": ("batch",), "model_dim": ("heads_q",), "seq": ("seq_q", "seq_kv"), "pass": ("pass_",),
     "model": ("heads_q", "heads_kv", "head_dim"),
+    # A packed batch's lengths give seq_q and seq_kv too (their longest), and batch (their number).
+    "seqlens": ("seqlens_q", "seqlens_kv", "seq_q", "seq_kv"), "lengths": ("seqlens_q", "seqlens_kv", "seq_q", "seq_kv"),
+    "batch_spec": ("seqlens_q", "seqlens_kv", "seq_q", "seq_kv"), "seqlens_q": ("seqlens_q", "seq_q"),
+    "seqlens_kv": ("seqlens_kv", "seq_kv"),
 }
 
 
@@ -50,8 +55,15 @@ def parse_axes(check: Checker, m: Map, where: str, lists: bool) -> dict[str, Axi
         for other in axes:
             if set(sets(other)) & set(sets(name)):
                 shared = sorted(set(sets(other)) & set(sets(name)))[0]
+                if {other, name} <= set(LENGTH_AXES):
+                    shared = "the packed batch's lengths"
+                elif {other, name} & set(LENGTH_AXES):
+                    shared += " (a packed batch's longest length)"
                 raise check.error(line, field, f"{where} sets both {other} and {name}, which both set {shared}; "
                                   "use one")
+        if name in LENGTH_AXES:
+            axes[name] = Axis(name, field, length_items(check, name, value, field, line, lists))
+            continue
         if isinstance(value, Seq):
             if not lists:
                 raise check.error(line, field, f"{field} must be a single value, got a list; lists belong in matrix")

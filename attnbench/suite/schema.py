@@ -65,6 +65,24 @@ AXES: dict[str, Key] = {
                    minimum=1),
     "seq_kv": Key("integer", None, "Key/value length; longer than seq_q is a prefix cache or cross-attention.",
                   default_text="seq_q", minimum=1),
+    "seqlens": Key("list of integers", None, "A packed (ragged) self-attention batch, one length per sequence: sets "
+                   "seqlens_q = seqlens_kv; batch is their number, seq_q and seq_kv their longest. In matrix, a list "
+                   "of such lists is one case each.", allowed="a list of integers >= 1"),
+    "seqlens_q": Key("list of integers", None, "Query lengths of a packed batch; the keys' are seqlens_kv or, "
+                     "without it, seq_kv repeated (chunks of queries over caches of one length).",
+                     allowed="a list of integers >= 1"),
+    "seqlens_kv": Key("list of integers", None, "Key/value lengths of a packed batch; the queries' are seqlens_q "
+                      "or, without it, seq_q repeated (seq_q 1: one decode step over caches of these lengths).",
+                      allowed="a list of integers >= 1"),
+    "lengths": Key("mapping", None, "Draws batch lengths of a packed self-attention batch (documents packed for "
+                   "training) from a distribution (see lengths), the same on every machine; needs batch.",
+                   allowed=", ".join(("dist", "mean", "min", "max", "sigma", "seed"))),
+    "batch_spec": Key("string", None, "A packed batch in vLLM's batch-spec grammar: groups [count]q<q_len>[s<kv_len>] "
+                      "joined by _, k = x1024 (2q2k_32q1s1k: 2 prefills of 2048 tokens and 32 decodes over 1024-token "
+                      "caches; see Ragged and paged batches).", allowed="a batch spec"),
+    "page_size": Key("integer", None, "Pages the KV cache: k and v are pools of page_size-token pages read through a "
+                     "shuffled block table (a dense case becomes a packed one of equal lengths). Forward only: pass "
+                     "must be fwd. Null leaves the cache contiguous.", nullable=True, minimum=1),
     "head_dim": Key("integer", 64, "Dimension of each head.", minimum=1),
     "model": Key("string", None, "A model preset (`attnbench models` lists them, each with the config.json it "
                  "is transcribed from): sets heads_q, heads_kv and head_dim to the model's, so a list in matrix is "
@@ -85,6 +103,21 @@ AXES: dict[str, Key] = {
                  nullable=True),
     "pass": Key("string", "fwd", "What is timed: the forward call, the backward call alone, or both.",
                 choices=PASSES),
+}
+
+LENGTHS_KEYS: dict[str, Key] = {
+    "dist": Key("string", None, "How lengths are drawn: fixed (every length is mean), uniform (integers in "
+                "[min, max], each equally likely) or lognormal (documents: many short, a few long).",
+                choices=("fixed", "uniform", "lognormal"), required=True),
+    "mean": Key("integer", None, "fixed: every length. lognormal: the distribution's mean (mu = ln(mean) - "
+                "sigma^2 / 2) before clipping. Not used by uniform.", minimum=1,
+                default_text="required (fixed, lognormal)"),
+    "min": Key("integer", 1, "Shortest length: uniform and lognormal draws are clipped to [min, max].", minimum=1),
+    "max": Key("integer", None, "Longest length (the case's seq_q is the longest drawn).", minimum=1,
+               default_text="required (uniform, lognormal)"),
+    "sigma": Key("number", 1.0, "lognormal: the standard deviation of the log length; larger is more skewed.",
+                 minimum=0, exclusive=True),
+    "seed": Key("integer", 0, "Another seed draws other lengths from the same distribution.", minimum=0),
 }
 
 IMPLEMENTATION_KEYS: dict[str, Key] = {
@@ -216,6 +249,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "top level": TOP_KEYS,
     "implementations": IMPLEMENTATION_KEYS,
     "axes": AXES,
+    "lengths": LENGTHS_KEYS,
     "correctness": CORRECTNESS_KEYS,
     "timing": TIMING_KEYS,
     "tasks": TASK_KEYS,
@@ -234,7 +268,17 @@ _NOTES: dict[str, str] = {
         "section's matrix, its defaults, the suite's matrix, the suite's defaults, the built-in default. "
         "`seq` sets seq_q and seq_kv, `tokens` sets batch, `model_dim` sets heads_q, `model` sets heads_q, "
         "heads_kv and head_dim; two spellings of one "
-        "field in the same mapping are an error. Cases are ordered with seq varying fastest and pass slowest."
+        "field in the same mapping are an error. Cases are ordered with seq varying fastest and pass slowest. "
+        "seqlens, seqlens_q, seqlens_kv, lengths and batch_spec give a packed batch's lengths (see Ragged and "
+        "paged batches): one of them per mapping (seqlens_q with seqlens_kv), and the most specific mapping "
+        "that gives lengths gives all of them."
+    ),
+    "lengths": (
+        "The keys of a `lengths` mapping. Lengths are drawn with Python's `random.Random` seeded from the "
+        "mapping's own values (dist, mean, min, max, sigma, seed), never from the machine or `--seed`: the "
+        "lengths are part of the case, so the same mapping gives the same batch everywhere, and batch n's "
+        "lengths are the first n of batch n + 1's. fixed takes mean; uniform takes min and max; lognormal "
+        "takes mean, max, and optionally min and sigma."
     ),
     "correctness": "An output passes when error <= tolerance_factor x eager's error in the same dtype + floor.",
     "timing": "Keys marked CPU apply to CPU runs and keys marked CUDA to GPU runs; warmup and warmup_ms apply to both.",
