@@ -21,7 +21,7 @@ from attnbench.implementation import Implementation, Unsupported, from_layout, t
 from attnbench.measure import correctness as corr
 from attnbench.measure import memory
 from attnbench.measure.timing import Timing, time_cpu, time_cuda, warmup
-from attnbench.options import Correctness
+from attnbench.options import Correctness, trial_seed
 from attnbench.options import Timing as TimingOptions
 from attnbench.outcome import GRAD_NAMES, classify, describe, error_prefix
 from attnbench.telemetry import gpu_state, gpu_uuid, throttling
@@ -253,7 +253,7 @@ def _trials(req: Request) -> list[int]:
 
 
 def _seed(req: Request, trial: int) -> int:
-    return req.seed * 1000 + trial
+    return trial_seed(req.seed, trial)
 
 
 def _memory_from_trials(req: Request) -> bool:

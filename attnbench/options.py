@@ -38,6 +38,12 @@ class Correctness:
         return Tolerance(factor=self.tolerance_factor, abs_floor={**DEFAULT_ABS_FLOOR, **self.floors})
 
 
+def trial_seed(run_seed: int, trial: int) -> int:
+    """The seed of correctness trial ``trial``'s inputs in a run with seed ``run_seed``: the one owner of the
+    formula, for the worker that draws the inputs and the parent that records what they were."""
+    return run_seed * 1000 + trial
+
+
 @dataclass(frozen=True)
 class Timing:
     """How calls are timed, on CPU (calibrated repeats in worker processes) and on CUDA (events)."""

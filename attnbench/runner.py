@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from attnbench.case import Case
 from attnbench.implementation import Implementation
-from attnbench.options import Correctness, Timing
+from attnbench.options import Correctness, Timing, trial_seed
 from attnbench.packing import block_table
 from attnbench.plugins import ONLY_ENV
 from attnbench.protocol import MAX_REPLY_BYTES, ProtocolViolation, new_request, parse_reply
@@ -313,9 +313,9 @@ are recorded by seed and digest only (``packing.block_table`` rebuilds them), so
 
 
 def trial_seeds(options: RunOptions) -> list[int]:
-    """The seeds of the input sets a pair's workers make: ``seed * 1000 + trial`` per correctness trial, as
+    """The seeds of the input sets a pair's workers make: ``options.trial_seed`` per correctness trial, as
     ``measurement._seed`` draws them (a run that checks none times on trial 0's)."""
-    return [options.seed * 1000 + trial for trial in range(options.correctness.seeds) or [0]]
+    return [trial_seed(options.seed, trial) for trial in range(options.correctness.seeds) or [0]]
 
 
 def paging_metrics(case: Case, options: RunOptions) -> dict:
