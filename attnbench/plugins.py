@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "attnbench.impls.reference",
     "attnbench.impls.eager",
     "attnbench.impls.sdpa",
+    "attnbench.impls.sdpa_padded",
     "attnbench.impls.flex",
     "attnbench.impls.chunked",
     "attnbench.impls.sliding_window",

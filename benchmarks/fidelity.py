@@ -36,6 +36,10 @@ CASES = [
     Case(1, 8, 8, 2048, 2048, 64, mask="none"),
     Case(1, 8, 8, 1024, 1024, 64, dtype=torch.bfloat16, mask="causal"),
     Case(1, 8, 8, 256, 256, 64, mask="none", pass_="fwd+bwd"),
+    # Packed: a ragged training batch, and a paged prefill + decode mix (timed calls pass the call keywords).
+    Case(4, 8, 2, 1024, 1024, 64, mask="causal", seqlens_q=(100, 1024, 37, 600), seqlens_kv=(100, 1024, 37, 600)),
+    Case(5, 8, 2, 300, 1000, 64, mask="causal", seqlens_q=(300, 1, 1, 1, 1), seqlens_kv=(300, 1000, 77, 513, 40),
+         page_size=16),
 ]
 IMPLS = ("eager", "sdpa", "chunked")
 ROUNDS = 2
@@ -44,7 +48,7 @@ ROUNDS = 2
 def timing_ratios(quick: bool) -> list[float]:
     registry = load_registry()
     ratios = []
-    print(f"{'case':44} {'impl':8} {'attnbench':>11} {'blocked_autorange':>18} {'ratio':>7}")
+    print(f"{'case':52} {'impl':8} {'attnbench':>11} {'blocked_autorange':>18} {'ratio':>7}")
     for case in CASES[:3] if quick else CASES:
         for name in IMPLS:
             impl = registry.get(name)
@@ -57,7 +61,7 @@ def timing_ratios(quick: bool) -> list[float]:
                 theirs.append(timer.blocked_autorange(min_run_time=1.0).median * 1e3)
             ratio = statistics.median(ours) / statistics.median(theirs)
             ratios.append(ratio)
-            print(f"{case.label():44} {name:8} {statistics.median(ours):9.3f}ms {statistics.median(theirs):16.3f}ms {ratio:7.3f}")
+            print(f"{case.label():52} {name:8} {statistics.median(ours):9.3f}ms {statistics.median(theirs):16.3f}ms {ratio:7.3f}")
     return ratios
 
 

@@ -6,7 +6,8 @@ blocks, and a running max and sum rescale the partial results, so the forward
 pass never holds more than ``q_block x kv_block`` scores per head. Blocks
 that the mask hides entirely are skipped, the holes of a block_sparse
 pattern too, and only blocks the mask cuts through are masked. Accumulation
-is in float32 for half-precision inputs.
+is in float32 for half-precision inputs. Ragged and paged batches run a
+sequence at a time (``packing.per_sequence``), each sequence's pages gathered.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 from attnbench.masks import MASKS, mask_tile, visible_bounds
-from attnbench.measure.memory import accumulation_itemsize
+from attnbench.measure.memory import accumulation_itemsize, per_sequence_workspace
+from attnbench.packing import per_sequence
 
 Q_BLOCK = 1024
 KV_BLOCK = 512
@@ -74,6 +76,8 @@ def plan(case: Case, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK, *, with_m
 
 
 def build(case: Case, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK):
+    if case.packed:
+        return per_sequence(case, functools.partial(build, q_block=q_block, kv_block=kv_block))
     scale = case.softmax_scale
     chunks = plan(case, q_block, kv_block)
 
@@ -157,11 +161,14 @@ def attnbench_implementations() -> list[Implementation]:
         Implementation(
             name="chunked",
             build=build,
-            description="Online-softmax attention over key/value blocks in plain PyTorch (memory O(seq x block)).",
+            description=("Online-softmax attention over key/value blocks in plain PyTorch (memory O(seq x block); "
+                         "ragged and paged batches a sequence at a time, pages gathered)."),
             masks=frozenset(MASKS),
             gqa=True,
             backward=True,
+            ragged=True,
+            paged=True,
             params={"q_block": Q_BLOCK, "kv_block": KV_BLOCK},
-            memory=functools.partial(workspace_bytes, q_block=Q_BLOCK, kv_block=KV_BLOCK),
+            memory=per_sequence_workspace(functools.partial(workspace_bytes, q_block=Q_BLOCK, kv_block=KV_BLOCK)),
         )
     ]

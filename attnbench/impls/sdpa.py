@@ -6,6 +6,11 @@ A pinned backend that cannot run a case is found out in ``build`` by a small
 probe with the case's dtype, heads, head_dim, mask and direction, and reported
 as ``Unsupported`` with the reasons torch gives. Masks given as tensors are
 built once, in ``build``, never in the timed call.
+
+``sdpa`` runs ragged and paged batches as one call per sequence
+(``packing.per_sequence``, pages gathered): torch 2.13's nested jagged
+tensors reach SDPA on the CPU only unmasked and without GQA (no causal
+mask: "No viable backend"; GQA: nested matmul does not broadcast heads).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from attnbench.measure.memory import (
     dense_mask_bytes,
     fused_workspace_bytes,
     kv_repeated_elements,
+    per_sequence_workspace,
     score_elements,
 )
+from attnbench.packing import per_sequence
 
 BACKENDS = {
     "math": SDPBackend.MATH,
@@ -126,6 +133,8 @@ def _builder(backend_name: str | None):
     backend = BACKENDS[backend_name] if backend_name else None
 
     def build(case: Case):
+        if case.packed:
+            return per_sequence(case, build)
         if backend_name in ("efficient", "cudnn") and case.device != "cuda":
             raise Unsupported(f"the {backend_name} backend has no {case.device} kernel")
         if backend is not None and backend is not SDPBackend.MATH:
@@ -187,8 +196,10 @@ def dispatched_workspace_bytes(case: Case) -> int:
 def attnbench_implementations() -> list[Implementation]:
     common = dict(masks=frozenset(MASKS), gqa=True, backward=True)
     return [
-        Implementation(name="sdpa", build=_builder(None), memory=dispatched_workspace_bytes,
-                       description="torch.nn.functional.scaled_dot_product_attention, torch choosing the backend.", **common),
+        Implementation(name="sdpa", build=_builder(None), memory=per_sequence_workspace(dispatched_workspace_bytes),
+                       description=("torch.nn.functional.scaled_dot_product_attention, torch choosing the backend "
+                                    "(ragged and paged batches as per-sequence calls, pages gathered)."),
+                       ragged=True, paged=True, **common),
         Implementation(name="sdpa.math", build=_builder("math"), memory=math_workspace_bytes,
                        description="SDPA pinned to the math backend (composite ops, any device).", **common),
         Implementation(name="sdpa.flash", build=_builder("flash"), memory=fused_workspace_bytes_with_mask,
