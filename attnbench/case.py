@@ -13,12 +13,30 @@ from attnbench.masks import MASKS, count_visible_pairs
 PASSES = ("fwd", "bwd", "fwd+bwd")
 """What a case times: the forward call, the backward call alone, or both."""
 
-DTYPES: dict[str, torch.dtype] = {
+FLOAT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+"""The floating-point dtypes attention is computed in, and what an implementation declares by default."""
+
+FP8_DTYPES: dict[str, torch.dtype] = {
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+}
+"""fp8 inputs: quantised per (batch, kv head) with descales, attended to in a wider type, output bfloat16."""
+
+DTYPES: dict[str, torch.dtype] = {**FLOAT_DTYPES, **FP8_DTYPES}
 """Dtypes a suite may name, by their torch names."""
+
+FP8_OUTPUT_DTYPE = torch.bfloat16
+"""What an fp8 case's output (and its same-dtype baseline) is computed in, as FlashAttention-3 returns it."""
+
+SCORE_MODS = ("softcap", "alibi", "sinks")
+"""Changes to the scores a case may ask for (``Case.score_mods``), which an implementation declares."""
+
+BIASES = ("alibi",)
+"""Position biases a suite may name."""
 
 BACKWARD_FLOP_FACTOR = 2.5
 """Backward FLOPs per forward FLOP: dV, dP, dS->dQ, dK (4 matmuls) plus the
@@ -34,8 +52,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 class Case:
     """One attention workload.
 
-    q is ``(batch, heads_q, seq_q, head_dim)``; k and v are
-    ``(batch, heads_kv, seq_kv, head_dim)``; the output has q's shape.
+    q is ``(batch, heads_q, seq_q, head_dim)``; k is ``(batch, heads_kv, seq_kv, head_dim)``
+    and v ``(batch, heads_kv, seq_kv, head_dim_v)``; the output is q's shape with
+    ``head_dim_v`` last (``head_dim_v`` None: equal to ``head_dim``).
     ``heads_q`` a multiple of ``heads_kv`` gives GQA (MQA when ``heads_kv == 1``).
     Masks are bottom-right aligned (see ``attnbench.masks``); ``window`` belongs
     to sliding_window and ``block`` to block_sparse, and is None otherwise.
@@ -49,6 +68,13 @@ class Case:
     pools ``(num_pages, page_size, heads_kv, head_dim)`` read through a block
     table; a paged case is always packed (its lengths default to the dense
     shape's) and forward only. See ``attnbench.packing`` for the call conventions.
+
+    Variants (see ``attnbench.variants``): ``softcap`` caps the scaled scores,
+    ``softcap * tanh(s / softcap)``, before any bias and the mask; ``bias`` "alibi"
+    adds ``-slope_h * |pos_q - pos_k|`` (positions bottom-right aligned); ``sinks``
+    adds one logit per query head to every row's softmax denominator. fp8 dtypes
+    give quantised inputs with per-(batch, kv head) descales and a bfloat16 output;
+    they are forward only.
     """
 
     batch: int
@@ -67,6 +93,10 @@ class Case:
     seqlens_q: tuple[int, ...] | None = None
     seqlens_kv: tuple[int, ...] | None = None
     page_size: int | None = None
+    head_dim_v: int | None = None
+    softcap: float | None = None
+    bias: str | None = None
+    sinks: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.dtype, str):
@@ -94,6 +124,7 @@ class Case:
         elif self.block is not None:
             raise ValueError(f"block is only meaningful with mask block_sparse, not {self.mask!r}")
         self._check_packing()
+        self._check_variants()
         if self.mask != "none" and self.seq_q > self.seq_kv and not self.packed:
             raise ValueError(
                 f"mask {self.mask} with seq_q ({self.seq_q}) > seq_kv ({self.seq_kv}) leaves query rows "
@@ -137,7 +168,41 @@ class Case:
                         f"mask {self.mask}: sequence {i} has {lq} queries over {lkv} keys, which leaves query rows "
                         "that see no key (masks are bottom-right aligned per sequence)")
 
-    # --- derived properties -------------------------------------------------
+    def _check_variants(self) -> None:
+        if self.head_dim_v is not None and (isinstance(self.head_dim_v, bool) or not isinstance(self.head_dim_v, int)
+                                            or self.head_dim_v < 1):
+            raise ValueError(f"head_dim_v must be a positive integer or null, got {self.head_dim_v!r}")
+        if self.softcap is not None and (isinstance(self.softcap, bool) or not isinstance(self.softcap, (int, float))
+                                         or not math.isfinite(self.softcap) or self.softcap <= 0):
+            raise ValueError(f"softcap must be a positive finite number or null, got {self.softcap!r}")
+        if self.bias is not None and self.bias not in BIASES:
+            raise ValueError(f"bias {self.bias!r} is not one of {', '.join(BIASES)} (or null)")
+        if not isinstance(self.sinks, bool):
+            raise ValueError(f"sinks must be true or false, got {self.sinks!r}")
+        if self.fp8 and self.pass_ != "fwd":
+            raise ValueError(f"fp8 inputs ({self.dtype_name}) are forward only, not pass {self.pass_!r}")
+
+    @property
+    def value_dim(self) -> int:
+        """v's and the output's head dim: ``head_dim_v``, or ``head_dim`` when that is None."""
+        return self.head_dim if self.head_dim_v is None else self.head_dim_v
+
+    @property
+    def score_mods(self) -> frozenset[str]:
+        """The variants of ``SCORE_MODS`` this case's scores go through."""
+        return frozenset(name for name, on in (("softcap", self.softcap is not None), ("alibi", self.bias == "alibi"),
+                                               ("sinks", self.sinks)) if on)
+
+    @property
+    def fp8(self) -> bool:
+        """True when q, k and v are fp8 (quantised, with descales)."""
+        return self.dtype in FP8_DTYPES.values()
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        """The output's dtype: the inputs', bfloat16 for fp8 inputs."""
+        return FP8_OUTPUT_DTYPE if self.fp8 else self.dtype
+
     @property
     def packed(self) -> bool:
         """True for a ragged batch given by per-sequence lengths (every paged case is one)."""
@@ -222,6 +287,16 @@ class Case:
         return (self.batch, self.heads_q, self.seq_q, self.head_dim)
 
     @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The output's (and dO's) shape: q's with ``value_dim`` last."""
+        return (*self.q_shape[:-1], self.value_dim)
+
+    @property
+    def v_shape(self) -> tuple[int, ...]:
+        """v's shape: k's with ``value_dim`` last."""
+        return (*self.kv_shape[:-1], self.value_dim)
+
+    @property
     def kv_shape(self) -> tuple[int, ...]:
         """k's and v's shape: dense 4-d, packed ``(total_kv, heads_kv, head_dim)``, paged the page pool."""
         if self.paged:
@@ -238,8 +313,9 @@ class Case:
         return self.batch * self.heads_q * count_visible_pairs(self.mask, self.window, self.seq_q, self.seq_kv, block=self.block)
 
     def forward_flops(self) -> int:
-        """Useful forward FLOPs: QK^T and PV, 2 x head_dim each, per unmasked pair."""
-        return 4 * self.head_dim * self.visible_pairs()
+        """Useful forward FLOPs: QK^T (2 x head_dim) and PV (2 x head_dim_v) per unmasked pair, as FlashAttention
+        counts; softcap, bias and sinks are a few operations per score, not counted."""
+        return (2 * self.head_dim + 2 * self.value_dim) * self.visible_pairs()
 
     def flops(self) -> float:
         """Useful FLOPs of what this case times (forward, backward, or both)."""
@@ -254,11 +330,13 @@ class Case:
         A packed batch counts its real tokens only; a paged cache the whole
         pages its sequences read (the block table and offsets are negligible).
         """
-        elem = torch.finfo(self.dtype).bits // 8
+        elem = self.dtype.itemsize
         q = math.prod(self.q_shape) * elem
-        kv = math.prod(self.kv_shape) * elem
-        fwd = 2 * q + 2 * kv
-        bwd = 4 * q + 4 * kv
+        k = math.prod(self.kv_shape) * elem
+        v = math.prod(self.v_shape) * elem
+        o = math.prod(self.out_shape) * self.out_dtype.itemsize
+        fwd = q + k + v + o
+        bwd = 2 * (q + k + v + o)  # reads q, k, v, o and dO; writes dq, dk and dv
         return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[self.pass_]
 
     # --- naming and serialisation -------------------------------------------
@@ -270,7 +348,10 @@ class Case:
         mask = {"sliding_window": f"window{self.window}", "block_sparse": f"block_sparse{self.block}"}.get(self.mask, self.mask)
         scale = "" if self.scale is None else f" scale{self.scale:g}"
         shape = f"{self.batch_shape()} {heads}" if self.packed else f"B{self.batch} {heads} N{seq}"
-        return f"{shape} D{self.head_dim} {self.dtype_name} {mask}{scale} {self.pass_}"
+        dims = f"D{self.head_dim}" if self.head_dim_v is None else f"D{self.head_dim}/{self.head_dim_v}"
+        mods = "".join((f" softcap{self.softcap:g}" if self.softcap is not None else "",
+                        f" {self.bias}" if self.bias else "", " sinks" if self.sinks else ""))
+        return f"{shape} {dims} {self.dtype_name} {mask}{mods}{scale} {self.pass_}"
 
     def batch_shape(self) -> str:
         """A packed batch's shape in a few characters.
@@ -298,14 +379,16 @@ class Case:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields by name; ``pass_`` is written as ``pass``.
 
-        ``block``, the lengths and ``page_size`` are written only where they are set, so
+        ``block``, the lengths, ``page_size`` and the variants are written only where they are set, so
         every other case keeps the keys (and the journal keys of resumed runs) it had
         before those fields existed.
         """
         out = asdict(self)
         out["dtype"] = self.dtype_name
         out["pass"] = out.pop("pass_")
-        for name in ("block", "seqlens_q", "seqlens_kv", "page_size"):
+        if not self.sinks:
+            del out["sinks"]
+        for name in ("block", "seqlens_q", "seqlens_kv", "page_size", "head_dim_v", "softcap", "bias"):
             if out[name] is None:
                 del out[name]
             elif name.startswith("seqlens"):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attnbench.case import DTYPES, Case, dtype_name
+from attnbench.case import DTYPES, FLOAT_DTYPES, SCORE_MODS, Case, dtype_name
 from attnbench.masks import MASKS
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,7 +44,8 @@ class Implementation:
     capabilities let the runner skip a case without building; they must be
     truthful: whatever they admit has to build and be correct.
 
-    - ``devices``, ``dtypes``, ``masks``: what the implementation accepts.
+    - ``devices``, ``dtypes``, ``masks``: what the implementation accepts (``dtypes`` by default the
+      three float types; fp8 only where declared).
     - ``gqa``: accepts ``heads_kv < heads_q`` (k and v are not repeated for it).
     - ``cross``: accepts ``seq_q != seq_kv`` (masks bottom-right aligned).
     - ``backward``: the returned callable is differentiable w.r.t. q, k and v.
@@ -62,6 +63,10 @@ class Implementation:
       FlashAttention's varlen keywords (``attnbench.packing``).
     - ``paged``: accepts paged KV caches, called with FlashAttention's kvcache
       keywords (``attnbench.packing``).
+    - ``head_dim_v``: accepts a value head dim other than q's and k's (``Case.head_dim_v``).
+    - ``score_mods``: the score variants it implements, of ``"softcap"``, ``"alibi"`` and
+      ``"sinks"`` (called with ``alibi_slopes=`` and ``sinks=``; see ``attnbench.variants``).
+      fp8 dtypes are declared in ``dtypes``: called with ``q_descale=``, ``k_descale=``, ``v_descale=``.
     - ``memory``: ``memory(case) -> int``, the bytes one call needs beyond the
       resident q, k, v, output (and dO and the gradients in backward), forward
       and backward together; the budget pre-check adds it to those. None: a
@@ -72,13 +77,15 @@ class Implementation:
     build: Callable[[Case], AttentionFn]
     description: str = ""
     devices: frozenset[str] = frozenset(DEVICES)
-    dtypes: frozenset[torch.dtype] = frozenset(DTYPES.values())
+    dtypes: frozenset[torch.dtype] = frozenset(FLOAT_DTYPES.values())
     masks: frozenset[str] = frozenset({"none", "causal"})
     gqa: bool = False
     cross: bool = True
     backward: bool = False
     ragged: bool = False
     paged: bool = False
+    head_dim_v: bool = False
+    score_mods: frozenset[str] = frozenset()
     layout: str = "bhsd"
     out: bool = False
     exact: bool = True
@@ -99,6 +106,7 @@ class Implementation:
             raise ValueError(f"implementation {self.name}: memory must be callable or None, got {type(self.memory).__name__}")
         object.__setattr__(self, "devices", _frozen(self.name, "devices", self.devices, DEVICES))
         object.__setattr__(self, "masks", _frozen(self.name, "masks", self.masks, MASKS))
+        object.__setattr__(self, "score_mods", _frozen(self.name, "score_mods", self.score_mods, SCORE_MODS))
         dtypes = frozenset(self.dtypes)
         bad = [d for d in dtypes if d not in DTYPES.values()]
         if bad:
@@ -120,6 +128,12 @@ class Implementation:
             return "GQA/MQA (heads_kv < heads_q) not supported"
         if case.cross and not self.cross:
             return "seq_q != seq_kv not supported"
+        if case.value_dim != case.head_dim and not self.head_dim_v:
+            return f"head_dim_v ({case.value_dim}) != head_dim ({case.head_dim}) not supported"
+        missing = case.score_mods - self.score_mods
+        if missing:
+            declared = ", ".join(sorted(self.score_mods)) or "none"
+            return f"{', '.join(sorted(missing))} not supported (declares score_mods: {declared})"
         if case.paged and not self.paged:
             return "paged KV cache (page_size) not supported"
         if case.packed and not case.paged and not self.ragged:
@@ -143,6 +157,8 @@ class Implementation:
             "backward": self.backward,
             "ragged": self.ragged,
             "paged": self.paged,
+            "head_dim_v": self.head_dim_v,
+            "score_mods": sorted(self.score_mods),
             "layout": self.layout,
             "out": self.out,
             "exact": self.exact,

@@ -16,7 +16,7 @@ from time import perf_counter  # bound before plugins load: a patched time.perf_
 
 import torch
 
-from attnbench.case import Case
+from attnbench.case import Case, dtype_name
 from attnbench.implementation import Implementation, Unsupported, from_layout, to_layout
 from attnbench.measure import correctness as corr
 from attnbench.measure import memory
@@ -128,6 +128,12 @@ def _copy(inputs: corr.Inputs) -> corr.Inputs:
                        keywords=keywords)
 
 
+def output_buffer(q: torch.Tensor, case: Case) -> torch.Tensor:
+    """An empty ``out=`` buffer for q as the implementation takes it: q's shape with the value head dim last,
+    in the output dtype."""
+    return q.new_empty((*q.shape[:-1], case.value_dim), dtype=case.out_dtype)
+
+
 def layout_of(impl: Implementation, case: Case) -> str:
     """The layout ``impl`` is handed ``case`` in: its declared one, but packed tensors have only one."""
     return "bhsd" if case.packed else impl.layout
@@ -164,7 +170,7 @@ class Step:
         keywords = given.keywords
         last = self.last
         if case.pass_ == "fwd":
-            buffer = torch.empty_like(q) if impl.out else None
+            buffer = output_buffer(q, case) if impl.out else None
 
             def forward():
                 with torch.no_grad():
@@ -215,7 +221,7 @@ def _run_trial(fn: Callable, impl: Implementation, case: Case, given: corr.Input
     q, k, v = given.q, given.k, given.v
     keywords, layout = given.keywords, layout_of(impl, case)
     if not case.needs_backward:
-        poisoned = torch.full_like(q, float("nan")) if impl.out else None
+        poisoned = output_buffer(q, case).fill_(float("nan")) if impl.out else None
         with torch.no_grad():
             out = fn(q, k, v, **keywords) if poisoned is None else fn(q, k, v, out=poisoned, **keywords)
         _check_output(out, case, given)
@@ -269,7 +275,7 @@ def _judge(results: Sequence[torch.Tensor], trial: Trial, impl: Implementation, 
         got = got if trial.rows is None or name != "out" else got[:, :, trial.rows.to(got.device)]
         errors = corr.error_metrics(got, exp)
         base_errors = corr.error_metrics(base, exp)
-        reason = corr.judge(errors, base_errors, case.dtype_name, tolerance) if impl.exact else None
+        reason = corr.judge(errors, base_errors, dtype_name(case.out_dtype), tolerance) if impl.exact else None
         if errors["nonfinite"]:
             reason = f"{errors['nonfinite']} NaN/Inf values"
         judged[name] = {"errors": errors, "baseline": base_errors}

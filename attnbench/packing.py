@@ -108,6 +108,7 @@ def per_sequence(case: Case, build_dense: Callable[[Case], Callable]) -> Callabl
     The dense function is built once per distinct sequence shape, outside the timed
     region; each call slices (or, paged, gathers) each sequence's q, k and v, calls it,
     and concatenates the outputs in sequence order. Differentiable when the dense one is.
+    A variant's keywords go to each sequence's call (fp8 descales: the sequence's row).
     """
     built: dict[Case, Callable] = {}
     for sequence in case.sequences():
@@ -115,8 +116,16 @@ def per_sequence(case: Case, build_dense: Callable[[Case], Callable]) -> Callabl
             built[sequence] = build_dense(sequence)
 
     def packed(q, k, v, *, cu_seqlens_q=None, cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None,
-               block_table=None, seqlens_kv=None):
-        outs = [unpad(built[sequence](qi, ki, vi)) for sequence, qi, ki, vi in sequence_views(case, q, k, v, block_table)]
+               block_table=None, seqlens_kv=None, **variant_keywords):
+        views = sequence_views(case, q, k, v, block_table)
+        outs = [unpad(built[sequence](qi, ki, vi, **_sequence_keywords(variant_keywords, i)))
+                for i, (sequence, qi, ki, vi) in enumerate(views)]
         return torch.cat(outs)
 
     return packed
+
+
+def _sequence_keywords(keywords: dict, i: int) -> dict:
+    """Variant keywords for sequence ``i`` of a packed batch as a dense batch-1 call takes them: per-sequence
+    descales ``(batch, heads_kv)`` become their row ``(1, heads_kv)``, per-head values stay."""
+    return {name: value[i:i + 1] if name.endswith("_descale") else value for name, value in keywords.items()}

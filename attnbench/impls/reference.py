@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from attnbench.case import Case
+from attnbench import variants
+from attnbench.case import DTYPES, SCORE_MODS, Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation
 from attnbench.masks import MASKS, dense_mask
@@ -14,25 +15,30 @@ from attnbench.measure.memory import dense_mask_bytes, kv_repeated_elements, per
 from attnbench.packing import per_sequence
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
-    """Exact attention computed in float64 on q's device; returns float64."""
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, *, alibi_slopes=None,
+                        sinks=None, **descales) -> torch.Tensor:
+    """Exact attention computed in float64 on q's device, the case's variants included; returns float64."""
+    if case.fp8:
+        q, k, v = variants.dequantised_inputs(case, q, k, v, descales, torch.float64)
     q, k, v = (t.to(torch.float64) for t in (q, k, v))
     if case.gqa:
         k = k.repeat_interleave(case.group_size, dim=1)
         v = v.repeat_interleave(case.group_size, dim=1)
     scores = (q @ k.transpose(-2, -1)) * case.softmax_scale
+    distance = variants.alibi_distance(case, torch.float64) if case.bias == "alibi" else None
+    scores = variants.modified_scores(scores, case, distance, alibi_slopes)
     allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=q.device, block=case.block)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+    return variants.softmax_with_sinks(scores, sinks) @ v
 
 
 def build(case: Case):
     if case.packed:
         return per_sequence(case, build)
 
-    def reference(q, k, v):
-        return reference_attention(q, k, v, case).to(q.dtype)
+    def reference(q, k, v, **keywords):
+        return reference_attention(q, k, v, case, **keywords).to(case.out_dtype)
 
     return reference
 
@@ -61,8 +67,11 @@ def attnbench_implementations() -> list[Implementation]:
             gqa=True,
             backward=True,
             ranked=False,
+            dtypes=frozenset(DTYPES.values()),
             ragged=True,
             paged=True,
+            head_dim_v=True,
+            score_mods=frozenset(SCORE_MODS),
             memory=per_sequence_workspace(workspace_bytes),
         )
     ]

@@ -10,12 +10,12 @@ code passes. Non-finite values never pass.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from attnbench import packing
-from attnbench.case import Case
+from attnbench import packing, variants
+from attnbench.case import FP8_OUTPUT_DTYPE, Case
 from attnbench.masks import mask_tile
 
 DEFAULT_FACTOR = 2.0
@@ -64,7 +64,9 @@ def make_inputs(case: Case, seed: int) -> Inputs:
     """Standard-normal q, k, v (and dO for backward) from ``seed``: never zeros, fresh for every trial.
 
     A packed case's tensors are packed (a paged case's k and v are its page pools, the unused
-    slots of the last pages random too), with the call keywords of ``packing.call_keywords``.
+    slots of the last pages random too), with the call keywords of ``packing.call_keywords``;
+    variants add theirs (``variants.variant_keywords``), and fp8 inputs are the standard-normal
+    draws quantised per (sequence, kv head), with their descales.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -72,9 +74,15 @@ def make_inputs(case: Case, seed: int) -> Inputs:
         # Drawn on the CPU so a seed means the same numbers on every device.
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=case.device, dtype=case.dtype)
 
-    q, k, v = draw(case.q_shape), draw(case.kv_shape), draw(case.kv_shape)
-    grad_out = draw(case.q_shape) if case.needs_backward else None
-    return Inputs(q, k, v, grad_out, packing.call_keywords(case, seed))
+    if case.fp8:
+        raw = [torch.randn(shape, generator=gen, dtype=torch.float32).to(case.device)
+               for shape in (case.q_shape, case.kv_shape, case.v_shape)]
+        keywords = packing.call_keywords(case, seed)
+        (q, k, v), descales = variants.quantised_inputs(case, *raw, keywords.get("block_table"))
+        return Inputs(q, k, v, None, {**keywords, **variants.variant_keywords(case, seed), **descales})
+    q, k, v = draw(case.q_shape), draw(case.kv_shape), draw(case.v_shape)
+    grad_out = draw(case.out_shape) if case.needs_backward else None
+    return Inputs(q, k, v, grad_out, {**packing.call_keywords(case, seed), **variants.variant_keywords(case, seed)})
 
 
 def sample_rows(case: Case, max_rows: int | None, seed: int) -> torch.Tensor | None:
@@ -111,7 +119,7 @@ def chunking(case: Case, rows: int, dtype: torch.dtype, *, repeat: bool = False)
     are never cut), whatever that costs.
     """
     kv_heads = case.batch * case.heads_kv
-    copies = max(1, CHUNK_ELEMENTS // (case.seq_kv * case.head_dim))
+    copies = max(1, CHUNK_ELEMENTS // (case.seq_kv * max(case.head_dim, case.value_dim)))
     converted = copies
     if dtype.itemsize > case.dtype.itemsize:
         converted = max(1, min(copies, kv_heads * case.dtype.itemsize // (2 * dtype.itemsize)))
@@ -150,100 +158,185 @@ def _hidden(case: Case, rows: torch.Tensor | None, start: int, stop: int, device
     return allowed.logical_not_()
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Plain attention of ``q`` ``(h, g, rows, d)``: g query heads over each of the h heads of ``k``, ``v`` ``(h, keys, d)``.
+@dataclass(frozen=True)
+class ScoreMods:
+    """What a case's variants do to the scores, with the values the call received (``variants``)."""
+
+    softcap: float | None = None
+    slopes: torch.Tensor | None = None
+    """ALiBi slopes per query head ``(heads_q,)``."""
+    sinks: torch.Tensor | None = None
+    """Sink logits per query head ``(heads_q,)``."""
+
+    @classmethod
+    def of(cls, case: Case, keywords: dict) -> ScoreMods | None:
+        if not case.score_mods:
+            return None
+        return cls(case.softcap, keywords.get("alibi_slopes"), keywords.get("sinks"))
+
+
+@dataclass(frozen=True)
+class _ChunkMods:
+    """``ScoreMods`` for one chunk of ``_attend``: per-head values ``(heads, 1, 1)`` and the ALiBi distance tile."""
+
+    softcap: float | None
+    slopes: torch.Tensor | None
+    distance: torch.Tensor | None
+    sinks: torch.Tensor | None
+
+
+def _chunk_mods(case: Case, mods: ScoreMods | None, positions: torch.Tensor, heads: tuple[int, int],
+                group: tuple[int, int], dtype: torch.dtype) -> _ChunkMods | None:
+    """``mods`` for kv heads ``heads`` (of batch x kv heads), query heads ``group`` of each, at query ``positions``."""
+    if mods is None:
+        return None
+    device = positions.device
+    kv_heads = torch.arange(*heads, device=device) % case.heads_kv
+
+    def per_head(values: torch.Tensor | None) -> torch.Tensor | None:
+        if values is None:
+            return None
+        chosen = values.to(device=device, dtype=dtype).view(case.heads_kv, case.group_size)[kv_heads, group[0]:group[1]]
+        return chosen.reshape(-1, 1, 1)
+    distance = None
+    if mods.slopes is not None:
+        keys = torch.arange(case.seq_kv, device=device)
+        distance = (positions[:, None] - keys[None, :]).abs().to(dtype)
+    return _ChunkMods(mods.softcap, per_head(mods.slopes), distance, per_head(mods.sinks))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor | None, scale: float,
+            mods: _ChunkMods | None = None) -> torch.Tensor:
+    """Plain attention of ``q`` ``(h, g, rows, d)``: g query heads over each of the h heads of ``k`` ``(h, keys, d)``
+    and ``v`` ``(h, keys, d_v)``.
 
     Matmul, softmax, matmul in q's dtype, in that order, one ``rows x d`` by ``d x keys`` product per
     query head as plain attention computes it. With g > 1 each query head gets its own copy of k and v,
     so that autograd sums their gradients over the group exactly as attention written with
-    ``repeat_interleave`` does (same order, same rounding).
+    ``repeat_interleave`` does (same order, same rounding). Variants act on the scaled scores in
+    this order: softcap, ALiBi bias, mask; sinks join the softmax's denominator.
     """
     h, g, n, d = q.shape
     if g > 1:
         k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
     scores = (q * scale).view(h * g, n, d) @ k.transpose(-2, -1)
+    if mods is not None and mods.softcap is not None:
+        scores = mods.softcap * torch.tanh(scores / mods.softcap)
+    if mods is not None and mods.slopes is not None:
+        scores = scores - mods.slopes * mods.distance
     if hidden is not None:
         scores.masked_fill_(hidden, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
+    if mods is not None and mods.sinks is not None:
+        top = torch.maximum(scores.amax(dim=-1, keepdim=True), mods.sinks)
+        exps = torch.exp(scores - top)
+        weights = exps / (exps.sum(dim=-1, keepdim=True) + torch.exp(mods.sinks - top))
+    else:
+        weights = torch.softmax(scores, dim=-1)
     del scores
-    return (weights @ v).view(h, g, n, d)
+    return (weights @ v).view(h, g, n, v.shape[-1])
 
 
 def _grouped(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """q as ``(batch x kv heads, group, seq_q, d)`` and k, v as ``(batch x kv heads, seq_kv, d)``: views, no copies."""
     heads = case.batch * case.heads_kv
     return (q.reshape(heads, case.group_size, case.seq_q, case.head_dim),
-            k.reshape(heads, case.seq_kv, case.head_dim), v.reshape(heads, case.seq_kv, case.head_dim))
+            k.reshape(heads, case.seq_kv, case.head_dim), v.reshape(heads, case.seq_kv, case.value_dim))
+
+
+def _positions(case: Case, rows: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Key-axis positions of checked rows ``start:stop`` (bottom-right aligned)."""
+    index = torch.arange(start, stop, device=device) if rows is None else rows[start:stop].to(device)
+    return index + (case.seq_kv - case.seq_q)
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, *, dtype: torch.dtype,
-                     table: torch.Tensor | None = None) -> torch.Tensor:
-    """``math_attention`` of a packed case, one sequence at a time: ``(total_q, heads_q, head_dim)`` in ``dtype``.
+                     keywords: dict | None = None) -> torch.Tensor:
+    """``math_attention`` of a packed case, one sequence at a time: ``out_shape`` in ``dtype``.
 
     Each sequence is a dense case of its own (masks bottom-right aligned within it); a paged
-    case's keys and values are gathered from the pools through ``table``.
+    case's keys and values are gathered from the pools through the block table in ``keywords``.
     """
-    out = torch.empty(case.q_shape, dtype=dtype, device=q.device)
+    keywords = keywords or {}
+    out = torch.empty(case.out_shape, dtype=dtype, device=q.device)
     start = 0
-    for sequence, qi, ki, vi in packing.sequence_views(case, q, k, v, table):
-        out[start:start + sequence.seq_q] = packing.unpad(math_attention(qi, ki, vi, sequence, dtype=dtype))
+    for sequence, qi, ki, vi in packing.sequence_views(case, q, k, v, keywords.get("block_table")):
+        result = math_attention(qi, ki, vi, sequence, dtype=dtype, keywords=keywords)
+        out[start:start + sequence.seq_q] = packing.unpad(result)
         start += sequence.seq_q
     return out
 
 
 def packed_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """``math_attention_grads`` of a (ragged, never paged) packed case, one sequence at a time, packed."""
-    out, dq = (torch.empty(case.q_shape, dtype=dtype, device=inputs.q.device) for _ in range(2))
-    dk, dv = (torch.empty(case.kv_shape, dtype=dtype, device=inputs.q.device) for _ in range(2))
+    device = inputs.q.device
+    out = torch.empty(case.out_shape, dtype=dtype, device=device)
+    dq = torch.empty(case.q_shape, dtype=dtype, device=device)
+    dk = torch.empty(case.kv_shape, dtype=dtype, device=device)
+    dv = torch.empty(case.v_shape, dtype=dtype, device=device)
     q_starts, kv_starts = packing.offsets(case.seqlens_q), packing.offsets(case.seqlens_kv)
     views = packing.sequence_views(case, inputs.q, inputs.k, inputs.v)
     for i, (sequence, qi, ki, vi) in enumerate(views):
         rows, keys = slice(q_starts[i], q_starts[i + 1]), slice(kv_starts[i], kv_starts[i + 1])
         go = inputs.grad_out[rows].transpose(0, 1).unsqueeze(0)
-        results = math_attention_grads(Inputs(qi, ki, vi, go), sequence, dtype=dtype)
+        results = math_attention_grads(Inputs(qi, ki, vi, go, inputs.keywords), sequence, dtype=dtype)
         out[rows], dq[rows], dk[keys], dv[keys] = (packing.unpad(t) for t in results)
     return out, dq, dk, dv
 
 
 def math_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, *, dtype: torch.dtype, rows: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, *, dtype: torch.dtype, rows: torch.Tensor | None = None,
+    keywords: dict | None = None,
 ) -> torch.Tensor:
     """Plain attention in ``dtype`` (float64: the reference; the case dtype: the baseline for the pass rule).
 
     Computed over chunks of heads and query rows (``chunking``) so that memory stays bounded: k and v are
     converted to ``dtype`` a chunk of heads at a time, under GQA each query head reads its key/value head
     in place (never repeated), and the mask is built a tile of rows at a time. ``rows`` restricts it to
-    those query rows. Each row's result is that of the unchunked computation.
+    those query rows. Each row's result is that of the unchunked computation. ``keywords``: the call's
+    (ALiBi slopes, sinks) for the case's variants.
     """
     device = q.device
     row_index = None if rows is None else rows.to(device)
     n_rows = case.seq_q if rows is None else len(rows)
     plan = chunking(case, n_rows, dtype)
+    mods = ScoreMods.of(case, keywords or {})
     qg, kg, vg = _grouped(case, q, k, v)
-    out = torch.empty(qg.shape[0], case.group_size, n_rows, case.head_dim, dtype=dtype, device=device)
+    out = torch.empty(qg.shape[0], case.group_size, n_rows, case.value_dim, dtype=dtype, device=device)
     for r0, r1 in _spans(n_rows, plan.rows):
         hidden = _hidden(case, row_index, r0, r1, device)
+        positions = _positions(case, row_index, r0, r1, device)
         for h0, h1 in _spans(qg.shape[0], plan.kv_heads):
             kc, vc = kg[h0:h1].to(dtype), vg[h0:h1].to(dtype)
             for g0, g1 in _spans(case.group_size, plan.group):
                 qc = qg[h0:h1, g0:g1]
                 qc = qc[:, :, r0:r1] if row_index is None else qc[:, :, row_index[r0:r1]]
-                out[h0:h1, g0:g1, r0:r1] = _attend(qc.to(dtype), kc, vc, hidden, case.softmax_scale)
+                chunk = _chunk_mods(case, mods, positions, (h0, h1), (g0, g1), dtype)
+                out[h0:h1, g0:g1, r0:r1] = _attend(qc.to(dtype), kc, vc, hidden, case.softmax_scale, chunk)
             del kc, vc
-    return out.view(case.batch, case.heads_q, n_rows, case.head_dim)
+    return out.view(case.batch, case.heads_q, n_rows, case.value_dim)
 
 
 def reference_outputs(inputs: Inputs, case: Case, *, dtype: torch.dtype, rows: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, ...]:
     """What plain attention in ``dtype`` gives for the case's pass: the output (on ``rows``), and the
-    gradients too when the case runs backward; per sequence for packed cases."""
+    gradients too when the case runs backward; per sequence for packed cases.
+
+    fp8 inputs are dequantised first (``variants.dequantise``): exactly for the float64 reference, to
+    bfloat16 for the same-dtype baseline (``dtype`` the fp8 one), which then computes in bfloat16.
+    """
+    if case.fp8:
+        wide = torch.float64 if dtype == torch.float64 else FP8_OUTPUT_DTYPE
+        kw = inputs.keywords
+        real = inputs.replace(**{name: variants.dequantise(case, getattr(inputs, name), kw[f"{name}_descale"], name,
+                                                           wide, inputs.table) for name in ("q", "k", "v")})
+        return reference_outputs(real, replace(case, dtype=FP8_OUTPUT_DTYPE), dtype=wide, rows=rows)
     if case.needs_backward:
         if case.packed:
             return packed_attention_grads(inputs, case, dtype=dtype)
         return math_attention_grads(inputs, case, dtype=dtype)
     if case.packed:
-        return (packed_attention(inputs.q, inputs.k, inputs.v, case, dtype=dtype, table=inputs.table),)
-    return (math_attention(inputs.q, inputs.k, inputs.v, case, dtype=dtype, rows=rows),)
+        return (packed_attention(inputs.q, inputs.k, inputs.v, case, dtype=dtype, keywords=inputs.keywords),)
+    return (math_attention(inputs.q, inputs.k, inputs.v, case, dtype=dtype, rows=rows, keywords=inputs.keywords),)
 
 
 def math_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -257,9 +350,10 @@ def math_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> t
     """
     device = inputs.q.device
     plan = chunking(case, case.seq_q, dtype, repeat=case.gqa)
+    mods = ScoreMods.of(case, inputs.keywords)
     qg, kg, vg = _grouped(case, inputs.q.detach(), inputs.k.detach(), inputs.v.detach())
-    go = inputs.grad_out.reshape(qg.shape)
-    out = torch.empty(qg.shape, dtype=dtype, device=device)
+    go = inputs.grad_out.reshape(vg.shape[0], case.group_size, case.seq_q, case.value_dim)
+    out = torch.empty(go.shape, dtype=dtype, device=device)
     dq = torch.empty(qg.shape, dtype=dtype, device=device)
     accumulate = torch.promote_types(dtype, torch.float32)
     dk = torch.zeros(kg.shape, dtype=accumulate, device=device)
@@ -267,11 +361,13 @@ def math_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> t
     with torch.enable_grad():
         for r0, r1 in _spans(case.seq_q, plan.rows):
             hidden = _hidden(case, None, r0, r1, device)
+            positions = _positions(case, None, r0, r1, device)
             for h0, h1 in _spans(qg.shape[0], plan.kv_heads):
                 kc, vc = (t[h0:h1].to(dtype).requires_grad_(True) for t in (kg, vg))
                 for g0, g1 in _spans(case.group_size, plan.group):
                     qc = qg[h0:h1, g0:g1, r0:r1].to(dtype).requires_grad_(True)
-                    oc = _attend(qc, kc, vc, hidden, case.softmax_scale)
+                    chunk = _chunk_mods(case, mods, positions, (h0, h1), (g0, g1), dtype)
+                    oc = _attend(qc, kc, vc, hidden, case.softmax_scale, chunk)
                     grads = torch.autograd.grad(oc, (qc, kc, vc), go[h0:h1, g0:g1, r0:r1].to(dtype))
                     out[h0:h1, g0:g1, r0:r1] = oc.detach()
                     dq[h0:h1, g0:g1, r0:r1] = grads[0]
@@ -279,8 +375,8 @@ def math_attention_grads(inputs: Inputs, case: Case, *, dtype: torch.dtype) -> t
                     dv[h0:h1] += grads[2]
                     del oc, grads
     dk = dk.to(dtype).view(case.kv_shape)
-    dv = dv.to(dtype).view(case.kv_shape)
-    return out.view(case.q_shape), dq.view(case.q_shape), dk, dv
+    dv = dv.to(dtype).view(case.v_shape)
+    return out.view(case.out_shape), dq.view(case.q_shape), dk, dv
 
 
 def error_metrics(actual: torch.Tensor, expected: torch.Tensor) -> dict:
@@ -310,13 +406,15 @@ def judge(errors: dict, baseline: dict, dtype_name: str, tolerance: Tolerance) -
 
 
 def output_problem(out: object, case: Case, like: torch.Tensor) -> str | None:
-    """Why ``out`` is not an acceptable output tensor for the case, or None."""
+    """Why ``out`` is not an acceptable output tensor for the case, or None; ``like``: q as the implementation
+    received it (its layout), whose shape the output has with ``value_dim`` last."""
     if not isinstance(out, torch.Tensor):
         return f"returned {type(out).__name__}, not a tensor"
-    if tuple(out.shape) != tuple(like.shape):
-        return f"output shape {tuple(out.shape)} != expected {tuple(like.shape)}"
-    if out.dtype != like.dtype:
-        return f"output dtype {out.dtype} != input dtype {like.dtype}"
+    shape = (*like.shape[:-1], case.value_dim)
+    if tuple(out.shape) != shape:
+        return f"output shape {tuple(out.shape)} != expected {shape}"
+    if out.dtype != case.out_dtype:
+        return f"output dtype {out.dtype} != expected {case.out_dtype}" + (" (fp8 inputs give bfloat16)" if case.fp8 else "")
     if out.device.type != like.device.type:
         return f"output on {out.device}, inputs on {like.device}"
     return None

@@ -154,9 +154,8 @@ _CPU_FLASH_KV_SPLIT = 512
 def resident_bytes(case: Case) -> int:
     """q, k, v and the output; with backward also dO, dq, dk and dv."""
     elem = case.dtype.itemsize
-    q = math.prod(case.q_shape) * elem
-    kv = math.prod(case.kv_shape) * elem
-    total = 2 * q + 2 * kv
+    inputs = (math.prod(case.q_shape) + math.prod(case.kv_shape) + math.prod(case.v_shape)) * elem
+    total = inputs + math.prod(case.out_shape) * case.out_dtype.itemsize
     if case.needs_backward:
         total *= 2
     return total

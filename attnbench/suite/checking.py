@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from attnbench.case import DTYPES
+from attnbench.case import FLOAT_DTYPES
 from attnbench.quality.tasks import TASKS
 from attnbench.suite.reading import Map, Seq, SuiteError, show, suggest
 from attnbench.suite.schema import TOP_KEYS, Key
@@ -127,8 +127,8 @@ class Checker:
         """Dtype names to absolute error floors >= 0."""
         key = Key("number", None, "", minimum=0)
         for k in m:
-            if k not in DTYPES:
+            if k not in FLOAT_DTYPES:  # fp8 outputs are bfloat16, judged by its floor
                 raise self.error(m.lines[k], f"{field}.{k}", f"{field}: '{k}' is not one of "
-                                 f"{', '.join(DTYPES)}{suggest(k, DTYPES)}")
+                                 f"{', '.join(FLOAT_DTYPES)}{suggest(k, FLOAT_DTYPES)}")
         return {k: self.scalar(v, key, f"{field}.{k}", m.lines[k]) for k, v in m.items()}
 
