@@ -53,16 +53,19 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     table = Table(title="attnbench implementations")
     table.add_column("name", no_wrap=True)
-    for col in ("kind", "devices", "dtypes", "masks", "GQA", "bwd"):
+    for col in ("kind", "devices", "dtypes", "masks", "GQA", "bwd", "batches", "variants"):
         table.add_column(col)
     table.add_column("description", ratio=1, overflow="fold")
-    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "sliding_window": "window"}
+    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8_e4m3fn": "e4m3", "float8_e5m2": "e5m2",
+             "sliding_window": "window"}
     for c in caps:
         kind = ("exact" if c["exact"] else "approx") + ("" if c["ranked"] else ", unranked")
+        batches = [name for name in ("dense", "ragged", "paged") if c[name]]
+        variants = (["dv"] if c["head_dim_v"] else []) + c["score_mods"]
         table.add_row(*(_escape(x) for x in (
-            c["name"], kind, ",".join(c["devices"]), ",".join(short[d] for d in c["dtypes"]),
+            c["name"], kind, ",".join(c["devices"]), ",".join(short.get(d, d) for d in c["dtypes"]),
             ",".join(short.get(m, m) for m in c["masks"]), "yes" if c["gqa"] else "no",
-            "yes" if c["backward"] else "no", c["description"],
+            "yes" if c["backward"] else "no", ",".join(batches), ",".join(variants) or "-", c["description"],
         )))
     console.print(table)
     for p in registry.failures:

@@ -59,6 +59,8 @@ class Implementation:
       error is reported without a verdict.
     - ``ranked``: False keeps it off leaderboards (the float64 reference).
     - ``params``: the knobs an approximate implementation was built with.
+    - ``dense``: accepts dense (equal-length, unpacked) batches; False for an implementation that only
+      makes sense on packed ones.
     - ``ragged``: accepts packed batches of per-sequence lengths, called with
       FlashAttention's varlen keywords (``attnbench.packing``).
     - ``paged``: accepts paged KV caches, called with FlashAttention's kvcache
@@ -82,6 +84,7 @@ class Implementation:
     gqa: bool = False
     cross: bool = True
     backward: bool = False
+    dense: bool = True
     ragged: bool = False
     paged: bool = False
     head_dim_v: bool = False
@@ -134,6 +137,8 @@ class Implementation:
         if missing:
             declared = ", ".join(sorted(self.score_mods)) or "none"
             return f"{', '.join(sorted(missing))} not supported (declares score_mods: {declared})"
+        if not case.packed and not self.dense:
+            return "dense batch not supported (declares packed batches only)"
         if case.paged and not self.paged:
             return "paged KV cache (page_size) not supported"
         if case.packed and not case.paged and not self.ragged:
@@ -155,6 +160,7 @@ class Implementation:
             "gqa": self.gqa,
             "cross": self.cross,
             "backward": self.backward,
+            "dense": self.dense,
             "ragged": self.ragged,
             "paged": self.paged,
             "head_dim_v": self.head_dim_v,

@@ -71,6 +71,21 @@ def call_keywords(case: Case, seed: int) -> dict:
             "max_seqlen_q": case.seq_q, "max_seqlen_kv": case.seq_kv}
 
 
+def token_positions(lengths: tuple[int, ...], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each packed token, its sequence and its position within it: two int64 ``(sum(lengths),)`` tensors."""
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    pos = torch.arange(sum(lengths)) - torch.tensor(offsets(lengths)[:-1])[seq]
+    return seq.to(device), pos.to(device)
+
+
+def gather_pages(pool: torch.Tensor, block_table: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The packed rows ``(len(seq), heads, head_dim)`` of a page pool ``(num_pages, page_size, heads, head_dim)``:
+    the row of sequence ``seq[t]`` at position ``pos[t]``, read through ``block_table`` (one index_select)."""
+    page_size = pool.shape[1]
+    slot = block_table[seq, pos // page_size].long() * page_size + pos % page_size
+    return pool.reshape(-1, *pool.shape[2:]).index_select(0, slot)
+
+
 def sequence_kv(case: Case, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor | None, i: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence ``i``'s keys and values ``(seq_kv_i, heads_kv, head_dim)``: a slice of the packed ones, or

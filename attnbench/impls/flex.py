@@ -17,10 +17,9 @@ import torch
 from attnbench.case import Case
 from attnbench.hookspecs import hookimpl
 from attnbench.implementation import Implementation, Unsupported
-from attnbench.impls.sdpa_padded import gather_pages, token_positions
 from attnbench.masks import MASKS, mask_mod
-from attnbench.measure.memory import _CPU_FLASH_KV_SPLIT, _CPU_FLASH_Q_SPLIT, fused_workspace_bytes
-from attnbench.packing import call_keywords
+from attnbench.measure.memory import CPU_FLASH_KV_SPLIT, CPU_FLASH_Q_SPLIT, fused_workspace_bytes
+from attnbench.packing import call_keywords, gather_pages, token_positions
 
 
 @functools.cache
@@ -134,7 +133,7 @@ def workspace_bytes(case: Case) -> int:
     kv_bytes = case.total_kv * case.heads_kv * case.head_dim * case.dtype.itemsize
     total = fused_workspace_bytes(whole) + 2 * kv_bytes * (2 if case.paged else 1)
     if case.device == "cpu":
-        tile = min(_CPU_FLASH_Q_SPLIT, case.total_q) * min(_CPU_FLASH_KV_SPLIT, case.total_kv)
+        tile = min(CPU_FLASH_Q_SPLIT, case.total_q) * min(CPU_FLASH_KV_SPLIT, case.total_kv)
         total += torch.get_num_threads() * tile * 2
     return total
 

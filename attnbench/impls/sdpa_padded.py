@@ -12,8 +12,6 @@ tensors and the gather of the real rows back are single ``index_put`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -23,32 +21,9 @@ from attnbench.implementation import Implementation, Unsupported
 from attnbench.impls.sdpa import dispatched_workspace_bytes, math_workspace_bytes
 from attnbench.masks import MASKS, dense_mask
 from attnbench.measure.memory import accumulation_itemsize, resident_bytes
-from attnbench.packing import offsets
+from attnbench.packing import gather_pages, token_positions
 
 DENSE = "dense batch: sdpa.padded is sdpa on a batch with nothing to pad"
-
-
-@dataclass(frozen=True)
-class PackedOnly(Implementation):
-    """An implementation that declines dense batches up front, so the runner settles them without a worker."""
-
-    def declines(self, case: Case) -> str | None:
-        return super().declines(case) or (None if case.packed else DENSE)
-
-
-def token_positions(lengths: tuple[int, ...], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each packed token, its sequence and its position within it: two int64 ``(sum(lengths),)`` tensors."""
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    pos = torch.arange(sum(lengths)) - torch.tensor(offsets(lengths)[:-1])[seq]
-    return seq.to(device), pos.to(device)
-
-
-def gather_pages(pool: torch.Tensor, block_table: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """The packed rows ``(len(seq), heads, head_dim)`` of a page pool ``(num_pages, page_size, heads, head_dim)``:
-    the row of sequence ``seq[t]`` at position ``pos[t]``, read through ``block_table`` (one index_select)."""
-    page_size = pool.shape[1]
-    slot = block_table[seq, pos // page_size].long() * page_size + pos % page_size
-    return pool.reshape(-1, *pool.shape[2:]).index_select(0, slot)
 
 
 def padded_case(case: Case) -> Case:
@@ -119,7 +94,7 @@ def workspace_bytes(case: Case) -> int:
 @hookimpl
 def attnbench_implementations() -> list[Implementation]:
     return [
-        PackedOnly(
+        Implementation(
             name="sdpa.padded",
             build=build,
             description=("SDPA on a ragged batch padded to its longest sequence, one boolean mask hiding the padding "
@@ -127,6 +102,7 @@ def attnbench_implementations() -> list[Implementation]:
             masks=frozenset(MASKS),
             gqa=True,
             backward=True,
+            dense=False,
             ragged=True,
             paged=True,
             memory=workspace_bytes,

@@ -147,8 +147,8 @@ def eager_analytic_peak_bytes(case: Case) -> int:
 
 # The CPU flash kernel's per-thread blocks (aten/native/cpu/FlashAttentionKernel.cpp
 # splits queries by up to 256 rows and keys by up to 512 columns).
-_CPU_FLASH_Q_SPLIT = 256
-_CPU_FLASH_KV_SPLIT = 512
+CPU_FLASH_Q_SPLIT = 256
+CPU_FLASH_KV_SPLIT = 512
 
 
 def resident_bytes(case: Case) -> int:
@@ -201,8 +201,8 @@ def fused_workspace_bytes(case: Case) -> int:
         if case.gqa and case.device == "cuda":
             total += 2 * case.batch * case.heads_q * case.seq_kv * case.head_dim * 4
     if case.device == "cpu":
-        q_split = min(_CPU_FLASH_Q_SPLIT, case.seq_q)
-        kv_split = min(_CPU_FLASH_KV_SPLIT, case.seq_kv)
+        q_split = min(CPU_FLASH_Q_SPLIT, case.seq_q)
+        kv_split = min(CPU_FLASH_KV_SPLIT, case.seq_kv)
         per_thread = q_split * kv_split * (4 + 2) + 2 * q_split * case.head_dim * 4 + 4 * q_split * 4
         total += torch.get_num_threads() * per_thread * (2 if bwd else 1)
     return total
