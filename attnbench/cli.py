@@ -136,12 +136,14 @@ def _cmd_models(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="attnbench model presets (suite key model, run --model, recommend --model)")
     for col in ("name", "heads_q", "heads_kv", "head_dim"):
         table.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
+    table.add_column("variants, forms", overflow="fold")
     table.add_column("note", ratio=1, overflow="fold")
     table.add_column("source", overflow="fold")
     for m in MODELS.values():
         note = f"[yellow]not a case yet:[/] {_escape(m.note)}" if m.pending else _escape(m.note)
+        variants = [f"{k}={v}" for k, v in m.variants.items()] + [f.name for f in m.forms]
         table.add_row(_escape(m.name), str(m.heads_q), str(m.heads_kv), "pending" if m.head_dim is None else
-                      str(m.head_dim), note, _escape(m.source))
+                      str(m.head_dim), _escape(", ".join(variants) or "-"), note, _escape(m.source))
     console.print(table)
     return EXIT_OK
 

@@ -19,7 +19,7 @@ field ``Case`` does not have, named in the text.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,13 +70,14 @@ class Model:
             return self.config["qk_nope_head_dim"] + self.config["qk_rope_head_dim"]
         return self.config.get("head_dim") or self.config["hidden_size"] // self.heads_q
 
-    def case_fields(self, values: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """``values`` (Case fields, mask included) as each of the model's forms makes them, duplicates dropped."""
-        base = {**values, "heads_q": self.heads_q, "heads_kv": self.heads_kv, "head_dim": self.head_dim,
-                **self.variants}
+    def case_fields(self, values: Mapping[str, Any], keep: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """``values`` (Case fields, mask included) as each of the model's forms makes them, duplicates dropped;
+        the fields in ``keep`` (a suite's own choices) stay as ``values`` has them, the heads excepted."""
+        keep = set(keep) - {"heads_q", "heads_kv", "head_dim"}
         out: list[dict[str, Any]] = []
         for form in self.forms or (Form("all layers"),):
-            fields_ = {**base, **form.fields}
+            fields_ = {**values, "heads_q": self.heads_q, "heads_kv": self.heads_kv, "head_dim": self.head_dim}
+            fields_.update((k, v) for k, v in {**self.variants, **form.fields}.items() if k not in keep)
             if form.window is not None and fields_.get("mask") == "causal":
                 fields_.update(mask="sliding_window", window=form.window)
             if fields_ not in out:

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import subprocess
 from collections.abc import Callable
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,16 +72,22 @@ def filter_cases(cases: list[Case], wheres: list[str]) -> list[Case]:
 
 
 def with_model(cases: list[Case], name: str | None) -> list[Case]:
-    """The cases with model preset ``name``'s heads_q, heads_kv and head_dim (duplicates this makes dropped);
-    the cases as they are without one."""
+    """The cases with model preset ``name``'s heads_q, heads_kv and head_dim, its variants, one per form of its
+    layers (duplicates this makes dropped); the cases as they are without one."""
     if name is None:
         return cases
     try:
         model = lookup(name)
     except ValueError as exc:
         raise UserError(f"--model {name}: {exc}") from None
-    return list(dict.fromkeys(replace(c, heads_q=model.heads_q, heads_kv=model.heads_kv, head_dim=model.head_dim)
-                              for c in cases))
+    made = []
+    for c in cases:
+        for fields in model.case_fields({f.name: getattr(c, f.name) for f in dataclass_fields(c)}):
+            try:
+                made.append(Case(**fields))
+            except ValueError as exc:
+                raise UserError(f"--model {name}: case {c.label()} cannot take the model's attention: {exc}") from None
+    return list(dict.fromkeys(made))
 
 
 def output_dir(args: argparse.Namespace, suite_name: str) -> RunPaths:

@@ -32,14 +32,37 @@ def test_table_values(name):
     assert model.source.startswith("https://huggingface.co/") and model.source.endswith("/config.json")
 
 
-def test_deepseek_v3_is_listed_but_pending_head_dim_v():
-    model = MODELS["deepseek-v3"]
-    assert model.heads_q == 128 and model.head_dim is None
+def test_deepseek_v3_attends_with_mla_head_dims_in_two_forms():
+    model = lookup("deepseek-v3")
+    assert (model.heads_q, model.heads_kv, model.head_dim) == (128, 128, 192)
     assert (model.config["qk_nope_head_dim"] + model.config["qk_rope_head_dim"], model.config["v_head_dim"]) == (192, 128)
     assert model.config["kv_lora_rank"] + model.config["qk_rope_head_dim"] == 576
-    with pytest.raises(ValueError, match="cannot be a case yet: .*head_dim_v"):
-        lookup("deepseek-v3")
+    prefill, absorbed = model.case_fields({"batch": 1, "seq_q": 1, "seq_kv": 64, "mask": "causal"})
+    assert (prefill["heads_kv"], prefill["head_dim"], prefill["head_dim_v"]) == (128, 192, 128)
+    assert (absorbed["heads_q"], absorbed["heads_kv"], absorbed["head_dim"], absorbed["head_dim_v"]) == (128, 1, 576, 512)
+    assert absorbed["scale"] == pytest.approx(192 ** -0.5)  # absorbed decode keeps the 192-wide scores' scale
     assert set(MODELS) == set(EXPECTED) | {"deepseek-v3"}
+
+
+def test_gemma_and_gpt_oss_carry_their_variants_and_sliding_layers():
+    gemma = lookup("gemma-2-9b").case_fields({"mask": "causal", "seq_q": 8})
+    assert [(f["mask"], f.get("window"), f["softcap"]) for f in gemma] == [("causal", None, 50.0),
+                                                                          ("sliding_window", 4096, 50.0)]
+    oss = lookup("gpt-oss-20b").case_fields({"mask": "causal", "sinks": False})
+    assert [(f["mask"], f.get("window"), f["sinks"]) for f in oss] == [("causal", None, True),
+                                                                      ("sliding_window", 128, True)]
+    # Without a causal mask the sliding form is the global one; a suite's own softcap stays.
+    assert len(lookup("gpt-oss-20b").case_fields({"mask": "none"})) == 1
+    assert lookup("gemma-2-9b").case_fields({"mask": "none", "softcap": 5.0}, keep={"softcap"})[0]["softcap"] == 5.0
+
+
+def test_a_pending_preset_is_refused_with_its_reason(monkeypatch):
+    from attnbench import models
+    pending = models.Model("future-1", {"num_attention_heads": 8, "num_key_value_heads": 8, "hidden_size": 512},
+                           "https://huggingface.co/x/blob/main/config.json", pending="needs a field Case lacks")
+    monkeypatch.setitem(models.MODELS, "future-1", pending)
+    with pytest.raises(ValueError, match="cannot be a case yet: needs a field Case lacks"):
+        lookup("future-1")
 
 
 def test_unknown_model_suggests_close_names():
@@ -50,11 +73,12 @@ def test_unknown_model_suggests_close_names():
 def test_models_command_lists_the_table(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "gemma-2-9b" in out and "256" in out and "pending" in out and "huggingface.co" in out
+    assert "gemma-2-9b" in out and "256" in out and "softcap=50" in out and "huggingface.co" in out
     assert main(["models", "--json"]) == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert {n: (m["heads_q"], m["heads_kv"], m["head_dim"]) for n, m in listed.items() if n in EXPECTED} == EXPECTED
-    assert listed["deepseek-v3"]["head_dim"] is None and "head_dim_v" in listed["deepseek-v3"]["pending"]
+    assert listed["deepseek-v3"]["head_dim"] == 192 and listed["deepseek-v3"]["variants"] == {"head_dim_v": 128}
+    assert [f["name"] for f in listed["gpt-oss-20b"]["forms"]] == ["global", "sliding"]
 
 
 SUITE = """\
@@ -82,13 +106,14 @@ def test_run_model_overrides_every_cases_heads(tmp_path, capsys):
     assert [(c.heads_q, c.heads_kv, c.head_dim, c.seq_q) for c in cases] == [(28, 4, 128, 16), (28, 4, 128, 32)]
     with pytest.raises(UserError, match="--model qwen2.5-8b: unknown model .*did you mean 'qwen2.5-7b'"):
         spec("--model", "qwen2.5-8b")
-    with pytest.raises(UserError, match="--model deepseek-v3: .*head_dim_v"):
-        spec("--model", "deepseek-v3")
+    mla = spec("--model", "deepseek-v3").cases
+    assert [(c.heads_kv, c.head_dim, c.value_dim) for c in mla] == [(128, 192, 128), (1, 576, 512)] * 2
+    oss = spec("--model", "gpt-oss-20b").cases  # no mask: one form; every case takes the sinks
+    assert len(oss) == 2 and all(c.sinks and c.heads_q == 64 for c in oss)
     assert main(["run", str(suite), "--model", "nope", "--output", str(tmp_path / "o2")]) == 1
     assert "unknown model 'nope'" in capsys.readouterr().err
 
 
 def test_recommend_model_reads_the_shipped_table():
     assert model_shape("llama-3.1-70b") == Shape(64, 8, 128)
-    with pytest.raises(UserError, match="head_dim_v"):
-        model_shape("deepseek-v3")
+    assert model_shape("deepseek-v3") == Shape(128, 128, 192)

@@ -694,13 +694,6 @@ MODEL_ERRORS = {
         include_cases:
           - {seq: 64, model: gpt-oss}
     """, 3, "include_cases[0].model", "include_cases[0].model: unknown model 'gpt-oss' (did you mean"),
-    "pending model in a device section": ("""
-        name: m
-        defaults: {seq: 64}
-        cuda:
-          defaults:
-            model: deepseek-v3
-    """, 5, "cuda.defaults.model", "cuda.defaults.model: model 'deepseek-v3' cannot be a case yet"),
     "model and heads_q in one mapping": ("""
         name: m
         matrix: {seq: 64, model: mistral-7b, heads_q: 8}

@@ -218,3 +218,36 @@ def test_unsupported_stays_a_clean_skip():
     reply = _measure(_eager_impl("planted.none", build, dtypes=frozenset({torch.float8_e4m3fn})),
                      Case(**BASE, dtype="float8_e4m3fn"))
     assert reply["status"] == "unsupported" and reply["reason"] == "no fp8 here"
+
+
+# --- suites ------------------------------------------------------------------------
+
+
+def test_suite_keys_give_the_variant_fields(tmp_path):
+    from attnbench.suite import SuiteError, load_suite
+    path = tmp_path / "s.yaml"
+    path.write_text("""\
+name: v
+defaults: {seq: 32, heads_q: 4, head_dim: 16, mask: causal}
+include_cases:
+  - {softcap: 30}
+  - {bias: alibi, sinks: true}
+  - {head_dim_v: 8, dtype: float8_e4m3fn}
+  - {model: gemma-2-9b}
+  - {model: gemma-2-9b, softcap: 5.0}
+  - {model: deepseek-v3, seq_q: 1, seq_kv: 64}
+""")
+    cases = load_suite(path).cases("cpu")
+    assert [(c.softcap, c.bias, c.sinks, c.value_dim, c.dtype_name) for c in cases[:3]] == [
+        (30, None, False, 16, "float32"), (None, "alibi", True, 16, "float32"), (None, None, False, 8, "float8_e4m3fn")]
+    gemma = [c for c in cases if c.head_dim == 256]
+    assert [(c.mask, c.window, c.softcap) for c in gemma] == [("causal", None, 50.0), ("sliding_window", 4096, 50.0),
+                                                               ("causal", None, 5.0), ("sliding_window", 4096, 5.0)]
+    mla = [c for c in cases if c.heads_q == 128]
+    assert [(c.heads_kv, c.head_dim, c.value_dim) for c in mla] == [(128, 192, 128), (1, 576, 512)]
+    path.write_text("name: v\ndefaults: {seq: 8}\ninclude_cases:\n  - {bias: rope}\n")
+    with pytest.raises(SuiteError, match="include_cases"):
+        load_suite(path).cases("cpu")
+    path.write_text("name: v\ndefaults: {seq: 8, dtype: float8_e5m2, pass: fwd+bwd}\nmatrix: {}\n")
+    with pytest.raises(SuiteError, match="forward only"):
+        load_suite(path).cases("cpu")

@@ -26,12 +26,12 @@ MAX_CASES = 10_000
 """Most cases one device may expand to; more is almost surely a typo in an axis."""
 
 _FIELDS = ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "seqlens_q", "seqlens_kv", "page_size", "head_dim",
-           "dtype", "mask", "window", "block", "scale", "pass_")
+           "head_dim_v", "dtype", "mask", "window", "block", "scale", "softcap", "bias", "sinks", "pass_")
 # Case fields from slowest- to fastest-varying in the product.
-_ORDER = ("pass_", "page_size", "dtype", "mask", "window", "block", "scale", "head_dim", "heads_q", "heads_kv", "batch",
-          "seqlens_q", "seqlens_kv", "seq_q", "seq_kv")
-_MENTIONED = re.compile(r"\b(batch|heads_q|heads_kv|seq_q|seq_kv|seqlens_q|seqlens_kv|page_size|head_dim|dtype|mask|"
-                        r"window|block|scale)\b")
+_ORDER = ("pass_", "page_size", "dtype", "mask", "window", "block", "scale", "softcap", "bias", "sinks", "head_dim",
+          "head_dim_v", "heads_q", "heads_kv", "batch", "seqlens_q", "seqlens_kv", "seq_q", "seq_kv")
+_MENTIONED = re.compile(r"\b(batch|heads_q|heads_kv|seq_q|seq_kv|seqlens_q|seqlens_kv|page_size|head_dim_v|head_dim|"
+                        r"dtype|mask|window|block|scale|softcap|bias|sinks)\b")
 
 
 def device_cases(check: Checker, top: Part, section: Part | None, device: str,
@@ -100,7 +100,13 @@ def _expand(check: Checker, fields: dict[str, Axis], device: str, where: str,
             values[f], item_line = chosen[id(axis)]
             origin[f] = (axis, item_line)
         model = _derive(check, values, origin)
-        cases.append((_case(check, values, origin, device, where, line), model))
+        if model is None:
+            cases.append((_case(check, values, origin, device, where, line), None))
+            continue
+        # A model's case takes its variants and forms, except for the fields the suite sets itself.
+        given = {f for f, (axis, _) in origin.items() if axis.name != "model" and axis.field != "built-in default"}
+        for form in MODELS[model].case_fields(values, keep=given):
+            cases.append((_case(check, form, origin, device, where, line), model))
     return cases
 
 
@@ -203,7 +209,7 @@ def _case(check: Checker, values: dict[str, Any], origin: dict[str, tuple[Axis, 
         blamed = next((f for f in named if "matrix" in origin[f][0].field), named[0] if named else None)
         line, field = (origin[blamed][1], origin[blamed][0].field) if blamed else (where_line, where)
         shown = " ".join(f"{k.rstrip('_')}=" + (show_lengths(values[k]) if k.startswith("seqlens") else str(values[k]))
-                         for k in _FIELDS if values.get(k) is not None)
+                         for k in _FIELDS if values.get(k) not in (None, False))
         sources = ", ".join(f"{f} from {origin[f][0].field} (line {origin[f][1]})" for f in named)
         raise check.error(line, field, f"{field}: impossible case {shown}: {exc}"
                           + (f"; {sources}" if sources else "")) from None

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attnbench.case import DTYPES, PASSES
+from attnbench.case import BIASES, DTYPES, PASSES
 from attnbench.masks import MASKS
 from attnbench.quality.config import MIN_STEPS, PRESETS
 from attnbench.quality.tasks import TASKS
@@ -88,10 +88,24 @@ AXES: dict[str, Key] = {
                  "is transcribed from): sets heads_q, heads_kv and head_dim to the model's, so a list in matrix is "
                  "one set of cases per model; `attnbench validate` says which cases are each model's. A more "
                  "specific heads_q, heads_kv, head_dim or model_dim replaces that field alone (the case is then no "
-                 "model's). A preset a case cannot express yet (deepseek-v3: MLA needs head_dim_v) is an error. "
-                 "`attnbench run --model NAME` sets the three fields of every case instead.",
+                 "model's). A model's case also takes the model's variants (head_dim_v, softcap, sinks) unless the "
+                 "suite sets them, and one case per form where its layers attend in several ways: gemma-2 and "
+                 "gpt-oss a global and a sliding-window one (a causal mask becomes their window), deepseek-v3 "
+                 "prefill 192/128 and absorbed decode 576/512 over one kv head. `attnbench run --model NAME` "
+                 "makes every case the model's instead.",
                  allowed="a preset name"),
-    "dtype": Key("string", "float32", "Element type of q, k and v.", choices=tuple(DTYPES)),
+    "head_dim_v": Key("integer", None, "Head dim of v and the output when it differs from q's and k's (MLA: "
+                      "192/128, absorbed decode 576/512). Null: head_dim.", nullable=True, minimum=1),
+    "softcap": Key("number", None, "Caps the scaled scores: softcap x tanh(score / softcap), before any bias and "
+                   "the mask (Gemma 2: 50). Null: none.", nullable=True, minimum=0, exclusive=True),
+    "bias": Key("string", None, "A position bias added to the scores: alibi (-slope_h x |pos_q - pos_k|, the "
+                "standard geometric slopes, positions bottom-right aligned). Null: none.", choices=BIASES,
+                nullable=True),
+    "sinks": Key("boolean", False, "One logit per query head joins every row's softmax denominator and "
+                 "contributes no value (gpt-oss's attention sinks); its values are drawn per trial."),
+    "dtype": Key("string", "float32", "Element type of q, k and v; the fp8 ones (float8_e4m3fn, float8_e5m2) are "
+                 "quantised per sequence and kv head, passed with their descales, forward only, and give a "
+                 "bfloat16 output.", choices=tuple(DTYPES)),
     "mask": Key("string", "none", "Attention mask, bottom-right aligned: causal, sliding_window (needs window) "
                 "or block_sparse (needs block).", choices=MASKS),
     "window": Key("integer", None, "Keys each query sees under sliding_window, itself included. Dropped for "
