@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only implementations matching this glob (repeatable; replaces the suite's include)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="leave out matching implementations (repeatable)")
     p.add_argument("--where", action="append", default=[], metavar="FIELD=V1,V2",
-                   help="only cases whose FIELD (batch, seq_q, dtype, mask, pass, ...) is one of the values (repeatable)")
+                   help="only cases whose FIELD (batch, seq_q, dtype, mask, pass, softcap, ...) is one of the values; "
+                   "a packed batch's lengths joined by : (seqlens_q=37:100:5) (repeatable)")
     p.add_argument("--output", metavar="PATH", help="a run directory (journal.jsonl, results.json, index.html), or FILE.json "
                    "(with FILE.journal.jsonl and FILE.html beside it); must not hold an earlier run; "
                    "default reports/<suite>/<run-id>/")

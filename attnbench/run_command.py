@@ -59,16 +59,25 @@ def resolve_device(requested: str) -> str:
 
 
 def filter_cases(cases: list[Case], wheres: list[str]) -> list[Case]:
-    """Keep cases whose fields match every ``FIELD=V1,V2`` filter."""
+    """Keep cases whose fields match every ``FIELD=V1,V2`` filter; a packed batch's lengths are written
+    joined by ``:`` (``seqlens_q=37:100:5``), an unset field is ``None``."""
+    known = sorted("pass" if f.name == "pass_" else f.name for f in dataclass_fields(Case))
     for where in wheres:
         field, sep, values = where.partition("=")
-        field = "pass" if field.strip() == "pass" else field.strip()
-        known = set(cases[0].to_dict()) if cases else set()
-        if not sep or (cases and field not in known):
-            raise UserError(f"--where {where!r}: expected FIELD=VALUE[,VALUE...] with FIELD one of {', '.join(sorted(known))}")
+        field = field.strip()
+        if not sep or field not in known:
+            raise UserError(f"--where {where!r}: expected FIELD=VALUE[,VALUE...] with FIELD one of {', '.join(known)}")
         wanted = {v.strip() for v in values.split(",")}
-        cases = [c for c in cases if str(c.to_dict()[field]) in wanted]
+        cases = [c for c in cases if _field_text(c, field) in wanted]
     return cases
+
+
+def _field_text(case: Case, field: str) -> str:
+    """A case field as ``--where`` matches it."""
+    value = case.to_dict().get(field)
+    if isinstance(value, (list, tuple)):
+        return ":".join(map(str, value))
+    return str(False if value is None and field == "sinks" else value)
 
 
 def with_model(cases: list[Case], name: str | None) -> list[Case]:

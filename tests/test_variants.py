@@ -251,3 +251,12 @@ include_cases:
     path.write_text("name: v\ndefaults: {seq: 8, dtype: float8_e5m2, pass: fwd+bwd}\nmatrix: {}\n")
     with pytest.raises(SuiteError, match="forward only"):
         load_suite(path).cases("cpu")
+
+
+def test_where_matches_variant_and_length_fields():
+    from attnbench.run_command import filter_cases
+    cases = [Case(**BASE), Case(**BASE, softcap=5.0), Case(3, 4, 2, 9, 9, 16, seqlens_q=(3, 9, 5), seqlens_kv=(3, 9, 5))]
+    assert filter_cases(cases, ["softcap=5.0"]) == [cases[1]]
+    assert filter_cases(cases, ["sinks=False"]) == cases
+    assert filter_cases(cases, ["seqlens_q=3:9:5"]) == [cases[2]]
+    assert filter_cases(cases, ["softcap=None"]) == [cases[0], cases[2]]
