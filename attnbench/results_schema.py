@@ -209,7 +209,8 @@ _KERNEL_FIELDS = obj(
               "dtype": TEXT, "device": TEXT, "mask": TEXT, "window": number(1, integer=True, nullable=True),
               "scale": number(0, above=True, nullable=True), "pass": TEXT},
     optional={"block": number(1, integer=True, nullable=True), "seqlens_q": LENGTHS, "seqlens_kv": LENGTHS,
-              "page_size": number(1, integer=True, nullable=True)},
+              "page_size": number(1, integer=True, nullable=True), "head_dim_v": number(1, integer=True, nullable=True),
+              "softcap": number(0, above=True, nullable=True), "bias": MAYBE_TEXT, "sinks": FLAG},
     rest=scalar,
 )
 

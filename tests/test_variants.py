@@ -260,3 +260,9 @@ def test_where_matches_variant_and_length_fields():
     assert filter_cases(cases, ["sinks=False"]) == cases
     assert filter_cases(cases, ["seqlens_q=3:9:5"]) == [cases[2]]
     assert filter_cases(cases, ["softcap=None"]) == [cases[0], cases[2]]
+
+
+@pytest.mark.parametrize("case", VARIANT_CASES + [Case(**BASE, scale=0.5, softcap=50.0)], ids=lambda c: c.label())
+def test_report_labels_name_the_variants_as_the_case_does(case):
+    from attnbench.report.format import case_label
+    assert case_label(case.to_dict()) == case.label()

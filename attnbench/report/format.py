@@ -96,9 +96,10 @@ def case_label(case: dict[str, Any]) -> str:
     """
     if "task" in case:
         return task_label(case)
+    dims = f"D{case['head_dim']}" if case.get("head_dim_v") is None else f"D{case['head_dim']}/{case['head_dim_v']}"
     if is_packed(case):
-        return f"{batch_shape(case)} {_heads(case)} D{case['head_dim']} {_tail(case)}"
-    return f"B{case['batch']} {_heads(case)} N{seq_text(case, 'x')} D{case['head_dim']} {_tail(case)}"
+        return f"{batch_shape(case)} {_heads(case)} {dims} {_tail(case)}"
+    return f"B{case['batch']} {_heads(case)} N{seq_text(case, 'x')} {dims} {_tail(case)}"
 
 
 def distinct_labels(cases: list[dict[str, Any]]) -> list[str]:
@@ -144,7 +145,9 @@ def _tail(case: dict[str, Any]) -> str:
     mask = {"sliding_window": f"window{case.get('window')}",
             "block_sparse": f"block_sparse{case.get('block')}"}.get(case["mask"], case["mask"])
     scale = "" if case.get("scale") is None else f" scale{case['scale']:g}"
-    return f"{case['dtype']} {mask}{scale} {case['pass']}"
+    mods = "".join((f" softcap{case['softcap']:g}" if case.get("softcap") is not None else "",
+                    f" {case['bias']}" if case.get("bias") else "", " sinks" if case.get("sinks") else ""))
+    return f"{case['dtype']} {mask}{mods}{scale} {case['pass']}"
 
 
 def pair_notes(record) -> list[str]:
