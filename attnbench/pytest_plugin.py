@@ -1,7 +1,7 @@
 """attnbench's pytest plugin (``pytest11`` entry point): the conformance kit for plugin authors.
 
     pytest --attnbench-impl mylib.fast [--attnbench-suite suites/x.yaml] [--attnbench-device cuda]
-           [--attnbench-cases packed]
+           [--attnbench-cases dense|packed|variants]
 
 runs, for each named implementation, every conformance case (or the suite's
 cases) as a parametrized test: whatever the implementation declares must build
@@ -10,7 +10,10 @@ a case it cannot run must raise ``Unsupported`` with a reason (the test is then
 skipped with that reason). The grid includes ragged and paged batches, checked
 on implementations that declare ``ragged`` or ``paged`` (called with the
 varlen or kvcache keywords, paged ones through the harness's shuffled block
-table); ``--attnbench-cases dense|packed`` keeps one kind. With pytest-benchmark active, the same cases are
+table), and variant cases (value head dims, softcap, ALiBi, sinks, fp8 inputs),
+given to an implementation only for the variants and dtypes it declares
+(``attnbench.conformance.cases_for``). ``--attnbench-cases dense|packed|variants``
+keeps one kind. With pytest-benchmark active, the same cases are
 also timed by its ``benchmark`` fixture, the case fields in ``extra_info``.
 
 Fixtures for authors' own tests: ``attnbench_registry``, ``attnbench_impl``,
@@ -27,6 +30,7 @@ from pathlib import Path
 import pytest
 
 CONFORMANCE_TESTS = Path(__file__).with_name("conformance_tests.py")
+_REGISTRY = pytest.StashKey[object]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,8 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attnbench-suite", metavar="SUITE", help="use this suite's cases instead of the conformance grid")
     group.addoption("--attnbench-device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="device for the conformance cases (default: cuda when available)")
-    group.addoption("--attnbench-cases", default="all", choices=("all", "dense", "packed"),
-                    help="check every case (default), only dense ones, or only ragged and paged ones")
+    group.addoption("--attnbench-cases", default="all", choices=("all", "dense", "packed", "variants"),
+                    help="check every case (default), only dense ones, only ragged and paged ones, or only the "
+                         "variant and fp8 ones")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,32 +61,48 @@ def _device(config: pytest.Config) -> str:
     return requested
 
 
-def _cases(config: pytest.Config) -> list:
-    from attnbench.conformance import conformance_cases
+def _cases(config: pytest.Config, name: str) -> list:
+    """The cases implementation ``name`` is checked on: the suite's, or the conformance grid with the variant and
+    fp8 cases it declares (the plain grid when it is not installed: its fixture then says so)."""
+    from attnbench.conformance import cases_for, conformance_cases, is_variant
     from attnbench.suite import load_suite
 
     device = _device(config)
     suite = config.getoption("attnbench_suite")
-    cases = load_suite(suite).cases(device) if suite else conformance_cases(device)
+    if suite:
+        cases = load_suite(suite).cases(device)
+    else:
+        impl = _registry(config).implementations.get(name)
+        cases = cases_for(impl, device) if impl else [c for c in conformance_cases(device) if not is_variant(c)]
     kind = config.getoption("attnbench_cases")
+    if kind == "variants":
+        return [case for case in cases if is_variant(case)]
     return cases if kind == "all" else [case for case in cases if case.packed == (kind == "packed")]
+
+
+def _registry(config: pytest.Config):
+    """The installed implementations, loaded once per session (collection and fixtures share them)."""
+    registry = config.stash.get(_REGISTRY, None)
+    if registry is None:
+        from attnbench.plugins import load_registry
+
+        registry = config.stash[_REGISTRY] = load_registry()
+    return registry
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "attnbench_pair" not in metafunc.fixturenames:
         return
     names = metafunc.config.getoption("attnbench_impl")
-    cases = _cases(metafunc.config)
-    params = [pytest.param((name, case), id=f"{name}-{case.label().replace(' ', '-')}") for name in names for case in cases]
+    params = [pytest.param((name, case), id=f"{name}-{case.label().replace(' ', '-')}")
+              for name in names for case in _cases(metafunc.config, name)]
     metafunc.parametrize("attnbench_pair", params)
 
 
 @pytest.fixture(scope="session")
-def attnbench_registry():
+def attnbench_registry(pytestconfig):
     """Every implementation installed, as ``attnbench list`` sees them."""
-    from attnbench.plugins import load_registry
-
-    return load_registry()
+    return _registry(pytestconfig)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -13,7 +14,15 @@ import torch
 from test_fresh_install import COPY_IGNORE, REPO, run
 
 from attnbench.case import Case
-from attnbench.conformance import GPU_SHAPES, PACKED_GPU_SHAPES, forward_backward_problem, packed_problem
+from attnbench.conformance import (
+    GPU_SHAPES,
+    PACKED_GPU_SHAPES,
+    VARIANT_GPU_SHAPES,
+    call_problem,
+    forward_backward_problem,
+    gpu_variant_case,
+    packed_problem,
+)
 from attnbench.impls import eager
 
 ADAPTER = REPO / "plugins" / "attnbench-local-attention"
@@ -121,3 +130,49 @@ def test_packed_gpu_shapes_are_cases():
     for shape in PACKED_GPU_SHAPES.values():
         case = Case(**shape, device="cuda", dtype=torch.float16, pass_="fwd" if "page_size" in shape else "fwd+bwd")
         assert case.packed and case.heads_q % case.heads_kv == 0
+
+
+VARIANT = Case(2, 4, 2, 24, 40, 32, head_dim_v=16, mask="causal", pass_="fwd+bwd", softcap=2.0, bias="alibi", sinks=True)
+FP8 = Case(2, 4, 2, 24, 40, 32, mask="causal", dtype="float8_e4m3fn", softcap=2.0)
+
+
+def test_variant_check_passes_correct_attention_with_the_call_keywords_in_either_layout():
+    fn = eager.build(VARIANT)
+    assert call_problem(fn, VARIANT) is None
+    assert forward_backward_problem(fn, VARIANT) is None
+
+    def bshd(q, k, v, **kw):
+        return fn(*(t.transpose(1, 2) for t in (q, k, v)), **kw).transpose(1, 2)
+
+    assert call_problem(bshd, VARIANT, "bshd") is None
+    assert call_problem(eager.build(FP8), FP8) is None
+
+
+@pytest.mark.parametrize("dropped", ["alibi_slopes", "sinks"])
+def test_variant_check_fails_a_call_that_drops_a_keyword(dropped):
+    field = {"alibi_slopes": dict(bias=None), "sinks": dict(sinks=False)}[dropped]
+    inner = eager.build(dataclasses.replace(VARIANT, **field))
+
+    def planted(q, k, v, **kw):
+        kw.pop(dropped)
+        return inner(q, k, v, **kw)
+
+    assert call_problem(planted, VARIANT).startswith("out: rel-L2 error")
+
+
+def test_variant_check_fails_an_fp8_call_that_ignores_the_descales():
+    inner = eager.build(Case(2, 4, 2, 24, 40, 32, mask="causal", dtype="bfloat16", softcap=2.0))
+
+    def raw(q, k, v, q_descale, k_descale, v_descale):
+        return inner(q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16))
+
+    problem = call_problem(raw, FP8)
+    assert problem.startswith("out: ") and "limit" in problem
+
+
+def test_variant_gpu_shapes_are_cases():
+    for name in VARIANT_GPU_SHAPES:
+        for dtype in (torch.float16, torch.float8_e4m3fn):
+            case = gpu_variant_case(name, dtype)
+            assert case.score_mods or case.value_dim != case.head_dim
+            assert case.needs_backward == (not case.paged and not case.fp8)

@@ -2,8 +2,10 @@
 
 The kernel tests run wherever the library imports and a CUDA device exists
 (skipped otherwise); the rule is attnbench's, for the output and dQ, dK, dV,
-on dense batches and (flash_attn2) ragged and paged ones. The translation of
-attnbench's packed keywords into FlashAttention's arguments is checked on the CPU.
+on dense batches, (flash_attn2) ragged and paged ones, and the variants each
+declares (softcap, ALiBi, 192/128 head dims, fp8). The translation of attnbench's
+packed and variant keywords into FlashAttention's arguments, and the release and
+head-dim checks, are checked on the CPU.
 """
 
 import importlib.util
@@ -12,10 +14,28 @@ import types
 
 import pytest
 import torch
-from attnbench_flash_attn import PAGE_MULTIPLE, kvcache_arguments, paged_route, paged_varlen_arguments, varlen_arguments
+from attnbench_flash_attn import (
+    PAGE_MULTIPLE,
+    call_variants,
+    kvcache_arguments,
+    paged_route,
+    paged_varlen_arguments,
+    value_dim_problem,
+    variant_arguments,
+    varlen_arguments,
+)
 
 from attnbench import Case, Unsupported
-from attnbench.conformance import GPU_SHAPES, PACKED_GPU_SHAPES, forward_backward_problem, packed_problem
+from attnbench.conformance import (
+    GPU_SHAPES,
+    PACKED_GPU_SHAPES,
+    VARIANT_GPU_SHAPES,
+    call_problem,
+    forward_backward_problem,
+    gpu_variant_case,
+    packed_problem,
+)
+from attnbench.measure.correctness import make_inputs
 from attnbench.packing import call_keywords
 from attnbench.plugins import load_registry
 
@@ -147,3 +167,92 @@ def test_paged_route_follows_the_release_and_the_page_size():
         paged_route(PAGED, _release(_varlen_without_table))
     with pytest.raises(Unsupported, match=r"multiple of 256 tokens .* not page_size 16"):
         paged_route(Case(2, 8, 2, 1, 40, 64, seqlens_q=(1, 1), seqlens_kv=(40, 3), page_size=16), _release(_varlen_with_table))
+
+
+# --- variants: softcap, ALiBi, value head dims, fp8 -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn],
+                         ids=["float16", "bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("shape", VARIANT_GPU_SHAPES)
+@pytest.mark.parametrize("name", MODULES)
+def test_declared_variants_pass_attnbench_rule(registry, name, shape, dtype):
+    runnable(name)
+    impl = registry.get(name)
+    case = gpu_variant_case(shape, dtype)
+    if impl.declines(case):
+        pytest.skip(impl.declines(case))
+    try:
+        fn = impl.build(case)
+    except Unsupported as exc:
+        pytest.skip(exc.reason)
+    assert call_problem(fn, case, impl.layout) is None
+
+
+def test_variant_declarations(registry):
+    fa2, fa3 = registry.get("flash_attn2"), registry.get("flash_attn3")
+    assert fa2.score_mods == {"softcap", "alibi"} and not fa2.head_dim_v
+    assert fa3.score_mods == {"softcap"} and fa3.head_dim_v
+    assert torch.float8_e4m3fn in fa3.dtypes and torch.float8_e4m3fn not in fa2.dtypes
+    assert torch.float8_e5m2 not in fa3.dtypes  # hopper/flash_api.cpp: fp16, bf16 and fp8_e4m3 only
+    sinks = Case(1, 2, 2, 16, 16, 64, dtype=torch.float16, device="cuda", sinks=True)
+    assert "sinks not supported" in fa2.declines(sinks) and "sinks not supported" in fa3.declines(sinks)
+    assert "head_dim_v" in fa2.declines(Case(1, 2, 2, 16, 16, 192, head_dim_v=128, dtype=torch.float16, device="cuda"))
+
+
+def _func_2_5(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), alibi_slopes=None):
+    """flash_attn_func's signature before softcap (only the signature is read)."""
+
+
+def _func_2_6(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+              alibi_slopes=None):
+    """flash_attn_func's signature from 2.6."""
+
+
+def _func_3(q, k, v, softmax_scale=None, causal=False, qv=None, q_descale=None, k_descale=None, v_descale=None,
+            window_size=(-1, -1), attention_chunk=0, softcap=0.0):
+    """FlashAttention 3's flash_attn_func signature (hopper/flash_attn_interface.py)."""
+
+
+def test_variant_arguments_follow_the_release():
+    capped = Case(1, 2, 2, 16, 16, 64, dtype=torch.float16, device="cuda", softcap=30.0, bias="alibi")
+    assert variant_arguments(capped, [_func_2_6], "flash_attn 2.6.3") == {"softcap": 30.0}
+    with pytest.raises(Unsupported, match=r"flash_attn 2.5.9: _func_2_5 takes no softcap= \(FlashAttention 2 took "
+                                          r"softcap from 2.6\)"):
+        variant_arguments(capped, [_func_2_5], "flash_attn 2.5.9")
+    alibi = Case(1, 2, 2, 16, 16, 64, dtype=torch.float16, device="cuda", bias="alibi")
+    assert variant_arguments(alibi, [_func_2_5], "flash_attn 2.5.9") == {}
+    with pytest.raises(Unsupported, match="takes no alibi_slopes="):
+        variant_arguments(alibi, [_func_3], "flash_attn_interface")
+    fp8 = Case(1, 2, 2, 16, 16, 64, dtype=torch.float8_e4m3fn, device="cuda")
+    assert variant_arguments(fp8, [_func_3], "flash_attn_interface") == {}
+    with pytest.raises(Unsupported, match="takes no q_descale="):
+        variant_arguments(fp8, [_func_2_6], "flash_attn 2.6.3")
+
+
+def test_call_variants_pass_the_slopes_and_descales_and_nothing_else():
+    alibi = Case(2, 4, 2, 8, 16, 64, bias="alibi", seqlens_q=(8, 3), seqlens_kv=(16, 3))
+    keywords = make_inputs(alibi, 0).keywords
+    assert set(call_variants(keywords)) == {"alibi_slopes"}
+    assert call_variants(keywords)["alibi_slopes"] is keywords["alibi_slopes"]
+    fp8 = make_inputs(Case(2, 4, 2, 8, 16, 64, dtype=torch.float8_e4m3fn), 0).keywords
+    descales = call_variants(fp8)
+    assert set(descales) == {"q_descale", "k_descale", "v_descale"}
+    assert all(t.shape == (2, 2) and t.dtype == torch.float32 for t in descales.values())  # (batch, heads_kv)
+
+
+def test_value_head_dims_follow_flashattention_3s_checks():
+    hopper, ampere = (9, 0), (8, 0)
+
+    def case(d, dv, dtype=torch.bfloat16):
+        return Case(1, 2, 2, 16, 16, d, head_dim_v=dv, dtype=dtype, device="cuda")
+
+    assert value_dim_problem(case(192, 128), hopper) is None
+    assert value_dim_problem(case(192, 128, torch.float8_e4m3fn), hopper) is None
+    assert value_dim_problem(case(64, 512), hopper) is None and value_dim_problem(case(48, 32), hopper) is None
+    assert "(128, 192]" in value_dim_problem(case(256, 128), hopper)
+    assert "(128, 192]" in value_dim_problem(case(192, 64), hopper)
+    assert "Hopper only" in value_dim_problem(case(192, 128), ampere)
+    assert "over 256 needs fp16 or bf16" in value_dim_problem(case(64, 512, torch.float8_e4m3fn), hopper)
+    assert "multiples of 16" in value_dim_problem(case(40, 40, torch.float8_e4m3fn), hopper)
+    assert value_dim_problem(case(40, 40), hopper) is None  # equal dims: only the alignment applies

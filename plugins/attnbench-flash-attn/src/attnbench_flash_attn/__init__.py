@@ -28,11 +28,30 @@ is not CUDA or too old, or the case is beyond the kernel (head_dim > 256).
   (flash_api.cpp checks ``page_block_size % 256 == 0`` in both ``mha_fwd_kvcache`` and
   ``mha_varlen_fwd``), so page sizes such as 16 or 64 are ``Unsupported`` with that reason.
 
+Variants (``attnbench.variants``):
+
+- ``flash_attn2`` (``score_mods`` softcap and alibi): ``softcap=`` (flash-attn 2.6 and later) and
+  ``alibi_slopes=`` (float32 ``(heads,)``, as the call passes it; FlashAttention 2 adds
+  ``-slope * |i + seqlen_k - seqlen_q - j|``, attnbench's bottom-right convention) go to
+  ``flash_attn_func``, ``flash_attn_varlen_func`` and ``flash_attn_with_kvcache`` alike; ``build`` checks
+  that the installed entry point takes them (``takes``) and raises ``Unsupported`` naming the release
+  otherwise. No sinks; no value head dim of its own (FlashAttention 2 wants v's head dim equal to q's).
+- ``flash_attn3`` (``score_mods`` softcap, ``head_dim_v``, fp8): ``softcap=``; float8_e4m3fn q, k, v with
+  ``q_descale=``/``k_descale=``/``v_descale=`` float32 ``(batch, heads_kv)`` as the call passes them
+  (hopper/flash_api.cpp: "(b, h_k), not (b, h)"), output bfloat16; a value head dim other than q's where
+  hopper/flash_api.cpp allows it (q/k in (128, 192] with v in (96, 128], or q/k <= 64 with v <= 512, on
+  Hopper; head dims multiples of 8, of 16 for fp8), else ``Unsupported`` with that constraint. A dense
+  variant case is also run once at short lengths in ``build`` so that what a build leaves out (hdims,
+  fp8, softcap compiled away) is ``Unsupported`` with the library's message. FlashAttention 3 has no
+  float8_e5m2, no ALiBi and no sinks in this interface.
+
 Unverified here: these argument mappings are written from FlashAttention 2's
 ``flash_attn_interface.py`` and ``csrc/flash_attn/flash_api.cpp`` and checked on the CPU
 only as keyword translations; the kernels themselves are judged by the adapter's CUDA
 tests (``PACKED_GPU_SHAPES``), which have not run on a GPU with flash-attn installed yet.
-``flash_attn3`` takes dense batches only.
+``flash_attn3`` takes dense batches only. The variant arguments are written from
+``flash_attn/flash_attn_interface.py`` (FlashAttention 2) and ``hopper/flash_attn_interface.py`` and
+``hopper/flash_api.cpp`` (FlashAttention 3) and are likewise unrun on a GPU here.
 """
 
 from __future__ import annotations
@@ -40,10 +59,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from dataclasses import replace
 
 import torch
 
 from attnbench import Case, Implementation, Unsupported, hookimpl
+from attnbench.measure.correctness import make_inputs
 
 MAX_HEAD_DIM = 256
 VARIANTS = {
@@ -53,9 +74,14 @@ VARIANTS = {
                     "flash_attn_with_kvcache or flash_attn_varlen_func's block_table."),
     "flash_attn3": ("flash_attn_interface", (9, 0), "FlashAttention 3: flash_attn_interface.flash_attn_func (Hopper)."),
 }
+SCORE_MODS = {"flash_attn2": frozenset({"softcap", "alibi"}), "flash_attn3": frozenset({"softcap"})}
+"""The score variants each takes: FlashAttention 2 softcap (2.6 on) and ALiBi slopes, FlashAttention 3 softcap."""
 PAGE_MULTIPLE = 256
 """FlashAttention 2's paged KV cache takes pages of a multiple of this many tokens (flash_api.cpp:
 "Paged KV cache block size must be divisible by 256")."""
+CALL_VARIANTS = ("alibi_slopes", "q_descale", "k_descale", "v_descale")
+"""The call's variant keywords FlashAttention takes under the same names (``attnbench.variants``)."""
+PROBE_SEQ = 32
 FIRST_VERSION = {"causal": (2, 1), "sliding_window": (2, 3)}
 """FlashAttention 2 releases that first did the mask as attnbench means it: causal bottom-right
 aligned (2.0 aligned it top-left), sliding windows (window_size)."""
@@ -118,6 +144,42 @@ def takes(func, argument: str) -> bool:
         return False
 
 
+def variant_arguments(case: Case, funcs, library: str) -> dict:
+    """The build-time keywords of the case's variants (``softcap=``), once every entry point in ``funcs``
+    takes them and the call's ``alibi_slopes=`` / descales; Unsupported naming ``library`` otherwise."""
+    needed = {"softcap": case.softcap is not None, "alibi_slopes": case.bias == "alibi", "q_descale": case.fp8}
+    for func in funcs:
+        for argument in (name for name, used in needed.items() if used):
+            if not takes(func, argument):
+                hint = " (FlashAttention 2 took softcap from 2.6)" if argument == "softcap" else ""
+                raise Unsupported(f"{library}: {getattr(func, '__name__', 'its entry point')} takes no "
+                                  f"{argument}={hint}")
+    return {"softcap": float(case.softcap)} if case.softcap is not None else {}
+
+
+def call_variants(keywords: dict) -> dict:
+    """The call's variant keywords (ALiBi slopes, fp8 descales) that FlashAttention takes as they are."""
+    return {name: keywords[name] for name in CALL_VARIANTS if name in keywords}
+
+
+def value_dim_problem(case: Case, capability: tuple[int, int]) -> str | None:
+    """Why FlashAttention 3 cannot take the case's head dims (hopper/flash_api.cpp's checks), or None."""
+    d, dv = case.head_dim, case.value_dim
+    alignment = 16 if case.fp8 else 8
+    if d % alignment or dv % alignment:
+        return f"FlashAttention 3 wants head dims that are multiples of {alignment} (head_dim {d}, head_dim_v {dv})"
+    if dv == d:
+        return None
+    if not ((128 < d <= 192 and 96 < dv <= 128) or (d <= 64 and dv <= 512)):
+        return ("FlashAttention 3 takes a V head dim other than Q/K's only for Q/K in (128, 192] with V in "
+                f"(96, 128], or Q/K <= 64 with V <= 512 (hopper/flash_api.cpp), not {d}/{dv}")
+    if capability[0] != 9:
+        return "FlashAttention 3 supports a different V head dim on Hopper only (hopper/flash_api.cpp)"
+    if dv > 256 and case.fp8:
+        return "FlashAttention 3: a V head dim over 256 needs fp16 or bf16 (hopper/flash_api.cpp)"
+    return None
+
+
 def paged_route(case: Case, module) -> str:
     """Which entry point reads the case's paged cache: ``"kvcache"`` (every sequence has as many
     queries) or ``"varlen"``; raises Unsupported with the library's constraint otherwise."""
@@ -136,8 +198,8 @@ def paged_route(case: Case, module) -> str:
 
 
 def _dense_call(func, kwargs):
-    def flash_attn(q, k, v):
-        out = func(q, k, v, **kwargs)
+    def flash_attn(q, k, v, **keywords):
+        out = func(q, k, v, **call_variants(keywords), **kwargs)
         # Some FlashAttention 3 releases also return the log-sum-exp.
         return out[0] if isinstance(out, tuple) else out
 
@@ -149,14 +211,15 @@ def _packed_call(module, case: Case, kwargs):
         func = module.flash_attn_varlen_func
 
         def flash_attn_varlen(q, k, v, **keywords):
-            return func(q, k, v, **varlen_arguments(keywords), **kwargs)
+            return func(q, k, v, **varlen_arguments(keywords), **call_variants(keywords), **kwargs)
 
         return flash_attn_varlen
     if paged_route(case, module) == "varlen":
         func = module.flash_attn_varlen_func
 
         def flash_attn_paged_varlen(q, k_cache, v_cache, **keywords):
-            return func(q, k_cache, v_cache, **paged_varlen_arguments(keywords, case.seq_kv), **kwargs)
+            return func(q, k_cache, v_cache, **paged_varlen_arguments(keywords, case.seq_kv), **call_variants(keywords),
+                        **kwargs)
 
         return flash_attn_paged_varlen
     func, per_sequence = module.flash_attn_with_kvcache, case.seqlens_q[0]
@@ -164,10 +227,33 @@ def _packed_call(module, case: Case, kwargs):
     def flash_attn_kvcache(q, k_cache, v_cache, **keywords):
         # Every sequence has per_sequence queries: the packed rows are (batch, per_sequence) in order.
         q4 = q.view(case.batch, per_sequence, case.heads_q, case.head_dim)
-        out = func(q4, k_cache, v_cache, **kvcache_arguments(keywords), **kwargs)
+        out = func(q4, k_cache, v_cache, **kvcache_arguments(keywords), **call_variants(keywords), **kwargs)
         return out.view(case.total_q, case.heads_q, case.head_dim)
 
     return flash_attn_kvcache
+
+
+def _entry_points(module, case: Case) -> list:
+    """The library functions a case's call goes through."""
+    if not case.packed:
+        return [module.flash_attn_func]
+    if not case.paged:
+        return [module.flash_attn_varlen_func]
+    return [module.flash_attn_varlen_func if paged_route(case, module) == "varlen" else module.flash_attn_with_kvcache]
+
+
+def _probe(fn, case: Case, library: str) -> None:
+    """Run a dense case once at short lengths so that what this build of the library leaves out is
+    Unsupported with its own message, not an error in the timed run."""
+    seq_q = min(case.seq_q, PROBE_SEQ)
+    # Keep the case's shape: as many more keys than queries (up to PROBE_SEQ), so bottom-right masks stay valid.
+    seq_kv = seq_q + min(case.seq_kv - case.seq_q, PROBE_SEQ) if case.seq_kv >= case.seq_q else min(case.seq_kv, PROBE_SEQ)
+    small = replace(case, batch=1, seq_q=seq_q, seq_kv=seq_kv, pass_="fwd")
+    inputs = make_inputs(small, 0)
+    try:
+        fn(*(t.transpose(1, 2).contiguous() for t in (inputs.q, inputs.k, inputs.v)), **inputs.keywords)
+    except RuntimeError as exc:  # TORCH_CHECK failures: "FlashAttention only supports ..."
+        raise Unsupported(f"{library}: " + " ".join(str(exc).split())[:300]) from None
 
 
 def _builder(name: str):
@@ -183,10 +269,19 @@ def _builder(name: str):
         if name == "flash_attn2" and needed and version and _version(version) < needed:
             raise Unsupported(f"flash_attn {version} predates {needed[0]}.{needed[1]}, the first to do mask "
                               f"{case.mask} as attnbench means it")
-        kwargs = {"softmax_scale": case.softmax_scale, **mask_arguments(case)}
+        if name == "flash_attn3":
+            problem = value_dim_problem(case, torch.cuda.get_device_capability())
+            if problem:
+                raise Unsupported(problem)
+        library = f"{module_name} {version or ''}".strip()
+        kwargs = {"softmax_scale": case.softmax_scale, **mask_arguments(case),
+                  **variant_arguments(case, _entry_points(module, case), library)}
         if case.packed:
             return _packed_call(module, case, kwargs)
-        return _dense_call(module.flash_attn_func, kwargs)
+        fn = _dense_call(module.flash_attn_func, kwargs)
+        if name == "flash_attn3" and (case.score_mods or case.fp8 or case.value_dim != case.head_dim):
+            _probe(fn, case, library)
+        return fn
 
     return build
 
@@ -199,12 +294,14 @@ def attnbench_implementations() -> list[Implementation]:
             build=_builder(name),
             description=description,
             devices=frozenset({"cuda"}),
-            dtypes=frozenset({torch.float16, torch.bfloat16}),
+            dtypes=frozenset({torch.float16, torch.bfloat16, *((torch.float8_e4m3fn,) if name == "flash_attn3" else ())}),
             masks=frozenset({"none", "causal", "sliding_window"}),
             gqa=True,
             backward=True,
             ragged=name == "flash_attn2",
             paged=name == "flash_attn2",
+            head_dim_v=name == "flash_attn3",
+            score_mods=SCORE_MODS[name],
             layout="bshd",
         )
         for name, (_, _, description) in VARIANTS.items()

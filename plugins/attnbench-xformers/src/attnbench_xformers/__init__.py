@@ -23,8 +23,18 @@ biases (``PagedBlockDiagonal*PaddedKeysMask``, k and v as a ``(1, pages x page_s
 ...)`` pool), but which of its kernels take them, at which page sizes, is not
 verified here without a GPU.
 
-Unverified here: the ragged path is written from xformers' ``attn_bias.py`` and has
-not run on a GPU with xformers installed; its CUDA test does.
+ALiBi (``score_mods={"alibi"}``) on dense batches is a float tensor bias: ``alibi_bias`` builds
+``-slope_h * |pos_q - pos_k|`` (positions bottom-right aligned) from the call's ``alibi_slopes=``,
+with ``-inf`` where the case's mask hides a key, in q's dtype, ``(1, heads_q, seq_q, seq_kv)``
+expanded over the batch (``(1, heads_kv, group, ...)`` for BMGHK); its rows are padded to a
+multiple of 8 and sliced, as xformers' ``_check_bias_alignment`` asks of a tensor bias. xformers'
+own bias classes have no ALiBi, and a block-diagonal bias takes no tensor beside it, so a ragged
+ALiBi case is ``Unsupported`` (a dense ``total_q x total_kv`` bias is not built). The bias is built
+once per slopes tensor (cached on its storage and version), outside the timed steps after the first.
+
+Unverified here: the ragged path is written from xformers' ``attn_bias.py``, and the ALiBi tensor
+bias (its dtype, the batch broadcast by a stride-0 expand, which kernels take it backward) from
+its ``fmha`` checks; neither has run on a GPU with xformers installed; their CUDA tests do.
 """
 
 from __future__ import annotations
@@ -34,9 +44,13 @@ from dataclasses import replace
 import torch
 
 from attnbench import Case, Implementation, Unsupported, hookimpl
+from attnbench.masks import dense_mask
 from attnbench.measure.correctness import make_inputs
+from attnbench.variants import alibi_distance
 
 PROBE_SEQ = 64
+BIAS_ALIGNMENT = 8
+"""A tensor bias's rows start at a multiple of this many elements (xformers: 128 bits for 16-bit dtypes)."""
 
 
 def _xformers_ops():
@@ -73,6 +87,24 @@ def packed_bias(case: Case):
     return diagonal
 
 
+def alibi_bias(case: Case, slopes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ALiBi bias of a dense case as xformers takes a tensor bias: ``(batch, heads_q, seq_q, seq_kv)``
+    (``(batch, heads_kv, group, seq_q, seq_kv)`` under GQA) in ``dtype``, ``-slope_h * |pos_q - pos_k|``
+    bottom-right aligned and ``-inf`` where the mask hides a key; rows padded to ``BIAS_ALIGNMENT``
+    and sliced, the batch a stride-0 expand."""
+    padded = -(-case.seq_kv // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
+    values = -slopes.float()[:, None, None] * alibi_distance(case, torch.float32).to(slopes.device)
+    allowed = dense_mask(case.mask, case.window, case.seq_q, case.seq_kv, device=slopes.device)
+    if allowed is not None:
+        values = values.masked_fill(~allowed, float("-inf"))
+    storage = torch.zeros(1, case.heads_q, case.seq_q, padded, dtype=dtype, device=slopes.device)
+    bias = storage[..., : case.seq_kv]
+    bias.copy_(values)
+    if case.gqa:
+        bias = bias.view(1, case.heads_kv, case.group_size, case.seq_q, case.seq_kv)
+    return bias.expand(case.batch, *bias.shape[1:])
+
+
 def _attend(xops, q, k, v, bias, scale: float, group: int):
     """memory_efficient_attention on bshd tensors, GQA through BMGHK."""
     if group == 1:
@@ -89,8 +121,13 @@ def _attend(xops, q, k, v, bias, scale: float, group: int):
 def _call(xops, case: Case):
     scale, group = case.softmax_scale, case.group_size
     if not case.packed:
+        if case.bias == "alibi":
+            return _alibi_call(xops, case)
         bias = attention_bias(case)
         return lambda q, k, v: _attend(xops, q, k, v, bias, scale, group)
+    if case.bias == "alibi":
+        raise Unsupported("xformers' block-diagonal biases take no tensor bias beside them, so ragged ALiBi is not "
+                          "run (a dense total_q x total_kv bias is not built)")
     bias = packed_bias(case)
 
     def xformers_varlen(q, k, v, **_keywords):
@@ -98,6 +135,19 @@ def _call(xops, case: Case):
         return _attend(xops, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), bias, scale, group).squeeze(0)
 
     return xformers_varlen
+
+
+def _alibi_call(xops, case: Case):
+    """A dense ALiBi case: the tensor bias from the call's slopes, rebuilt only when they change."""
+    cache: dict = {}
+
+    def xformers_alibi(q, k, v, *, alibi_slopes):
+        key = (alibi_slopes.data_ptr(), alibi_slopes._version, q.dtype)
+        if cache.get("key") != key:
+            cache.update(key=key, bias=alibi_bias(case, alibi_slopes, q.dtype))
+        return _attend(xops, q, k, v, cache["bias"], case.softmax_scale, case.group_size)
+
+    return xformers_alibi
 
 
 def probe_case(case: Case) -> Case:
@@ -147,12 +197,13 @@ def attnbench_implementations() -> list[Implementation]:
             name="xformers",
             build=build,
             description="xformers.ops.memory_efficient_attention, bottom-right causal and local-attention biases, "
-            "GQA through BMGHK; ragged batches under block-diagonal biases.",
+            "GQA through BMGHK; ragged batches under block-diagonal biases; ALiBi as a tensor bias (dense batches).",
             devices=frozenset({"cuda"}),
             masks=frozenset({"none", "causal", "sliding_window"}),
             gqa=True,
             backward=True,
             ragged=True,
+            score_mods=frozenset({"alibi"}),
             layout="bshd",
         )
     ]
