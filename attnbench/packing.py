@@ -95,8 +95,8 @@ def sequence_kv(case: Case, k: torch.Tensor, v: torch.Tensor, table: torch.Tenso
         start = offsets(case.seqlens_kv)[i]
         return k[start:start + length], v[start:start + length]
     pages = table[i, : case.pages_per_sequence[i]].long()
-    shape = (-1, case.heads_kv, case.head_dim)
-    return k[pages].reshape(shape)[:length], v[pages].reshape(shape)[:length]
+    return (k[pages].reshape(-1, case.heads_kv, case.head_dim)[:length],
+            v[pages].reshape(-1, case.heads_kv, case.value_dim)[:length])
 
 
 def sequence_views(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor | None = None):

@@ -141,6 +141,7 @@ VARIANT_CASES = [
          bias="alibi", sinks=True, head_dim_v=8, dtype="bfloat16"),
     Case(3, 4, 2, 1, 120, 16, mask="causal", seqlens_q=(1, 1, 1), seqlens_kv=(40, 120, 5), page_size=16,
          dtype="float8_e4m3fn", sinks=True),
+    Case(2, 4, 2, 3, 50, 16, mask="causal", seqlens_q=(3, 1), seqlens_kv=(50, 17), page_size=16, head_dim_v=8),
 ]
 
 

@@ -203,7 +203,7 @@ def fused_workspace_bytes(case: Case) -> int:
     if case.device == "cpu":
         q_split = min(CPU_FLASH_Q_SPLIT, case.seq_q)
         kv_split = min(CPU_FLASH_KV_SPLIT, case.seq_kv)
-        per_thread = q_split * kv_split * (4 + 2) + 2 * q_split * case.head_dim * 4 + 4 * q_split * 4
+        per_thread = q_split * kv_split * (4 + 2) + 2 * q_split * case.value_dim * 4 + 4 * q_split * 4
         total += torch.get_num_threads() * per_thread * (2 if bwd else 1)
     return total
 
