@@ -59,3 +59,25 @@ def test_io_bytes_reads_qkv_writes_out():
     q = 8 * 128 * 64 * 2
     kv = 2 * 256 * 64 * 2
     assert case.io_bytes() == 2 * q + 2 * kv
+
+
+@pytest.mark.parametrize("mask, window", [("none", None), ("causal", None), ("sliding_window", 16)])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_a_ragged_batch_counts_the_flops_of_its_sequences(mask, window, pass_):
+    lengths_q, lengths_kv = (37, 100, 5, 64), (40, 100, 5, 300)
+    ragged = Case(4, 8, 2, 100, 300, 64, mask=mask, window=window, pass_=pass_,
+                  seqlens_q=lengths_q, seqlens_kv=lengths_kv)
+    dense = [Case(1, 8, 2, lq, lkv, 64, mask=mask, window=window, pass_=pass_)
+             for lq, lkv in zip(lengths_q, lengths_kv)]
+    assert ragged.flops() == sum(c.flops() for c in dense)
+    # Padding to the longest sequence would count more: the ragged count is the real work.
+    assert ragged.flops() < Case(4, 8, 2, 100, 300, 64, mask=mask, window=window, pass_=pass_).flops()
+
+
+def test_a_paged_batch_reads_whole_pages_and_its_real_query_tokens():
+    case = Case(3, 8, 2, 4, 40, 64, mask="causal", seqlens_q=(4, 1, 1), seqlens_kv=(40, 17, 3), page_size=16,
+                dtype=torch.bfloat16)
+    pages = 3 + 2 + 1
+    q_and_out = 2 * 6 * 8 * 64 * 2
+    assert case.num_pages == pages and case.kv_shape == (pages, 16, 2, 64)
+    assert case.io_bytes() == q_and_out + 2 * pages * 16 * 2 * 64 * 2
