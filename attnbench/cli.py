@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -349,8 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attnbench`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default, or COLUMNS when set.
+    columns = os.environ.get("COLUMNS", "")
+    console = Console(width=None if sys.stdout.isatty() else int(columns) if columns.isdigit() else 160)
     try:
         return args.func(args, console)
     except UserError as exc:

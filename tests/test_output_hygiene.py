@@ -113,7 +113,8 @@ def test_list_and_plugins_strip_escapes_from_descriptions_and_load_errors(hostil
         assert code == 0, out
         assert_clean(out)
         assert MARK in out and "hostile_broken" in out
-    code, out = _cli(hostile_env, tmp_path, "list")
+    # Wide enough that the description column does not wrap the marked words apart.
+    code, out = _cli({**hostile_env, "COLUMNS": "400"}, tmp_path, "list")
     assert f"{MARK} description" in out and f"{MARK} load error" in out
 
 
