@@ -16,7 +16,7 @@ from time import perf_counter  # bound before plugins load: a patched time.perf_
 
 import torch
 
-from attnbench.case import Case, dtype_name
+from attnbench.case import FP8_DTYPES, Case, dtype_name
 from attnbench.implementation import Implementation, Unsupported, from_layout, to_layout
 from attnbench.measure import correctness as corr
 from attnbench.measure import memory
@@ -87,11 +87,18 @@ class Trial:
         floating point, so the baseline's errors are the original's.
         """
         i = self.inputs
-        twin = i.replace(v=-i.v, grad_out=None if i.grad_out is None else -i.grad_out)
+        twin = i.replace(v=_negated(i.v), grad_out=None if i.grad_out is None else -i.grad_out)
         flip = (True, False, False, True)  # out, dq, dk, dv
         return Trial(self.seed, twin, self.rows,
                      tuple(-t if f else t for t, f in zip(self.expected, flip)),
                      tuple(-t if f else t for t, f in zip(self.baseline, flip)), label=" with v negated")
+
+
+def _negated(t: torch.Tensor) -> torch.Tensor:
+    """``-t``; fp8 tensors (which torch cannot negate on every device) by flipping their sign bit, as exact."""
+    if t.dtype in FP8_DTYPES.values():
+        return (t.view(torch.uint8) ^ 0x80).view(t.dtype)
+    return -t
 
 
 class _References:

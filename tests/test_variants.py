@@ -267,3 +267,16 @@ def test_where_matches_variant_and_length_fields():
 def test_report_labels_name_the_variants_as_the_case_does(case):
     from attnbench.report.format import case_label
     assert case_label(case.to_dict()) == case.label()
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2"])
+def test_timing_rotates_over_an_fp8_twin_with_v_negated(dtype):
+    from attnbench.measurement import timing_trials
+    from attnbench.plugins import load_registry
+    case = Case(**BASE, dtype=dtype)
+    request = Request("eager", case, 0, True, True, True, trials=[0])
+    trial, twin = timing_trials(request)
+    assert torch.equal(twin.inputs.v.float(), -trial.inputs.v.float())
+    reply = measure(load_registry().implementations["eager"], request)
+    assert reply["status"] == "ok", reply["reason"]
+    assert reply["metrics"]["timing_input_sets"] == 2
