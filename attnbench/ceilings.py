@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from attnbench.case import Case
+from attnbench.case import FP8_DTYPES, Case
 from attnbench.results import Record
 
 CACHE_ENV = "ATTNBENCH_CACHE_DIR"
@@ -113,7 +113,11 @@ def measured_ceilings(device: str, hardware: str, software: dict, dtypes: list[s
     are measured under what the implementations run under. ``keep_higher``:
     ceilings measured before, merged in entry by entry (a ceiling is the best
     ever reached: a measurement on a busy machine must not lower it).
+
+    fp8 dtypes are left out: a plain ``a @ b`` in fp8 is no fp8 kernel (on the CPU it is not one at all), so
+    its rate would be no ceiling; fp8 cases get a roofline only from ``--peak-tflops``.
     """
+    dtypes = [d for d in dtypes if d not in FP8_DTYPES]
     env = dict(os.environ if env is None else env)
     threads = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
     path = cache_dir() / f"ceilings-{cache_key(device, hardware, software, dtypes, threads)}.json"

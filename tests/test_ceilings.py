@@ -81,3 +81,17 @@ def test_a_run_records_its_ceilings_and_roofline(tmp_path, monkeypatch):
     assert data["run"]["ceilings"]["measured"]["tflops"]["float32"]["best"] > 0
     (record,) = [r for r in data["records"] if r["status"] == "ok"]
     assert 0 < record["metrics"]["roofline_fraction"] and record["metrics"]["bound"] in ("compute", "memory")
+
+
+def test_fp8_gets_no_measured_ceiling(tmp_path, monkeypatch):
+    from attnbench import ceilings
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["dtypes"] = cmd[cmd.index("--dtypes") + 1]
+        raise RuntimeError("stop here")
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ceilings.subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match="stop here"):
+        ceilings.measured_ceilings("cpu", "cpu-x", {}, ["bfloat16", "float8_e4m3fn", "float8_e5m2"], refresh=True)
+    assert seen["dtypes"] == "bfloat16"
