@@ -80,12 +80,10 @@ def quantise(case: Case, t: torch.Tensor, role: str, table: torch.Tensor | None 
     largest = units.abs().amax(dim=-1).float()
     amax = torch.zeros(case.batch, case.heads_kv, dtype=torch.float32, device=t.device)
     amax.scatter_reduce_(0, owner[:, None].expand_as(largest), largest, "amax")
-    descale = torch.where(amax > 0, amax / torch.finfo(case.dtype).max, torch.ones_like(amax))
     limit = torch.finfo(case.dtype).max
+    descale = torch.where(amax > 0, amax / limit, torch.ones_like(amax))
     scaled = (units / descale[owner][:, :, None]).clamp_(-limit, limit).to(case.dtype)
-    if role != "q" and case.paged:
-        return scaled.reshape(case.num_pages, case.heads_kv, case.page_size, -1).permute(0, 2, 1, 3).contiguous(), descale
-    return scaled.reshape(t.shape), descale
+    return _from_units(case, scaled, t.shape, role), descale
 
 
 def dequantise(case: Case, t: torch.Tensor, descale: torch.Tensor, role: str, dtype: torch.dtype,
@@ -94,10 +92,14 @@ def dequantise(case: Case, t: torch.Tensor, descale: torch.Tensor, role: str, dt
     (exact in float64; rounded once in a narrower ``dtype``)."""
     units, owner = _units(case, t, role, table)
     wide = units.to(torch.float64) * descale.to(torch.float64)[owner][:, :, None]
-    values = wide.to(dtype)
+    return _from_units(case, wide.to(dtype), t.shape, role)
+
+
+def _from_units(case: Case, units: torch.Tensor, shape: torch.Size, role: str) -> torch.Tensor:
+    """``_units``'s view undone: back to ``shape`` (a paged pool's pages un-permuted, contiguous)."""
     if role != "q" and case.paged:
-        return values.reshape(case.num_pages, case.heads_kv, case.page_size, -1).permute(0, 2, 1, 3).contiguous()
-    return values.reshape(t.shape)
+        return units.reshape(case.num_pages, case.heads_kv, case.page_size, -1).permute(0, 2, 1, 3).contiguous()
+    return units.reshape(shape)
 
 
 def quantised_inputs(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor | None
